@@ -1,0 +1,39 @@
+# Every target creates .venv and installs repsuite into it when needed, so a fresh machine with only
+# python3 and pip needs nothing else. The torch/torchvision pair is pinned through constraints.txt.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.repsuite-installed
+
+.PHONY: install demo test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+# The main job on built-in synthetic data. Until the NLQ task lands this is the kernel benchmark
+# (quick shapes); `make bench` runs the full table that the README reports.
+demo: $(STAMP)
+	$(BIN)/python benchmarks/ops.py --quick --out benchmarks/results/ops_quick.json
+
+# The whole CPU suite, slow tests (two-process DDP, CLI subprocess runs) included; this is what CI runs.
+test: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest -m "not gpu" --durations=15
+
+# Quick inner loop for development: skips the slow tests.
+test-fast: $(STAMP)
+	WANDB_MODE=offline $(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check repsuite tests benchmarks
+	$(BIN)/ruff format --check repsuite tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ops.py --out benchmarks/results/ops.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache lightning_logs wandb

@@ -1,0 +1,50 @@
+"""repsuite: Lightning library for Ego4D NLQ and face swapping with a generative prior.
+
+``import repsuite`` is cheap: the public classes are imported on first attribute access (PEP 562), so
+the CLI's ``--help`` and notebook start-up do not pay for torch, Lightning and friends until needed.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY: dict[str, str] = {
+    "MultiHeadCrossAttention": "repsuite.ops",
+    "modulated_conv2d": "repsuite.ops",
+    "multi_head_attention": "repsuite.ops",
+    "fused_leaky_relu": "repsuite.ops",
+    "reference_ops": "repsuite.ops",
+    "RepsuiteCLI": "repsuite.cli",
+}
+_SUBMODULES = ("ops", "cli")
+
+__all__ = ["__version__", *sorted(_LAZY), *_SUBMODULES]
+
+if TYPE_CHECKING:  # pragma: no cover
+    from repsuite import cli, ops
+    from repsuite.cli import RepsuiteCLI
+    from repsuite.ops import (
+        MultiHeadCrossAttention,
+        fused_leaky_relu,
+        modulated_conv2d,
+        multi_head_attention,
+        reference_ops,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"repsuite.{name}")
+    raise AttributeError(f"module 'repsuite' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

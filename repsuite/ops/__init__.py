@@ -1,0 +1,35 @@
+"""Kernels shared by the tasks: video↔text attention and StyleGAN2 modulated convolution.
+
+Pure torch + einops. Every op has a fast path and a plain reference path; the reference paths are forced
+with ``REPSUITE_REFERENCE_OPS=1`` or :func:`reference_ops`.
+"""
+
+from repsuite.ops.attention import (
+    MultiHeadCrossAttention,
+    auto_query_chunk_size,
+    multi_head_attention,
+    multi_head_attention_reference,
+)
+from repsuite.ops.config import reference_ops, set_reference_ops, use_reference_ops
+from repsuite.ops.modconv import (
+    choose_formulation,
+    fused_leaky_relu,
+    fused_leaky_relu_reference,
+    modulated_conv2d,
+    modulated_conv2d_reference,
+)
+
+__all__ = [
+    "MultiHeadCrossAttention",
+    "auto_query_chunk_size",
+    "choose_formulation",
+    "fused_leaky_relu",
+    "fused_leaky_relu_reference",
+    "modulated_conv2d",
+    "modulated_conv2d_reference",
+    "multi_head_attention",
+    "multi_head_attention_reference",
+    "reference_ops",
+    "set_reference_ops",
+    "use_reference_ops",
+]

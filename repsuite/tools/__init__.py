@@ -1,0 +1,1 @@
+"""Task-independent command-line tools reached as ``repsuite <tool>``."""
