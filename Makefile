@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	WANDB_MODE=offline $(BIN)/python -m pytest
 
 lint: $(STAMP)
-	$(BIN)/ruff check repsuite tests benchmarks
+	$(BIN)/ruff check repsuite tests benchmarks notebooks
 	$(BIN)/ruff format --check repsuite tests benchmarks
 
 bench: $(STAMP)

@@ -25,15 +25,14 @@ _SUBMODULES = ("ops", "cli")
 __all__ = ["__version__", *sorted(_LAZY), *_SUBMODULES]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from repsuite import cli, ops
-    from repsuite.cli import RepsuiteCLI
-    from repsuite.ops import (
-        MultiHeadCrossAttention,
-        fused_leaky_relu,
-        modulated_conv2d,
-        multi_head_attention,
-        reference_ops,
-    )
+    from repsuite import cli as cli
+    from repsuite import ops as ops
+    from repsuite.cli import RepsuiteCLI as RepsuiteCLI
+    from repsuite.ops import MultiHeadCrossAttention as MultiHeadCrossAttention
+    from repsuite.ops import fused_leaky_relu as fused_leaky_relu
+    from repsuite.ops import modulated_conv2d as modulated_conv2d
+    from repsuite.ops import multi_head_attention as multi_head_attention
+    from repsuite.ops import reference_ops as reference_ops
 
 
 def __getattr__(name: str) -> Any:

@@ -12,7 +12,6 @@ import importlib
 import netrc
 import os
 import sys
-from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlparse
 
@@ -69,7 +68,7 @@ class RepsuiteSaveConfigCallback(SaveConfigCallback):
         wandb_loggers = [lg for lg in trainer.loggers if isinstance(lg, WandbLogger)]
         if not wandb_loggers:
             return
-        text = self.parser.dump(self.config, skip_none=False)
+        text = self.parser.dump(self.config, skip_unset=False)  # keep None values: reproducible as-is
         config = yaml.safe_load(text)
         for logger in wandb_loggers:
             run = logger.experiment
@@ -107,8 +106,8 @@ class RepsuiteCLI(LightningCLI):
         if os.environ.get("WANDB_MODE") is None and not wandb_has_credentials():
             os.environ["WANDB_MODE"] = "offline"
             rank_zero_warn(
-                "W&B logger configured but no API key found (WANDB_API_KEY or `wandb login`): logging offline. "
-                "Sync later with `wandb sync <run dir>`, or set WANDB_MODE=online after logging in."
+                "W&B logger configured but no API key found (WANDB_API_KEY or `wandb login`): logging "
+                "offline. Sync later with `wandb sync <run dir>`, or set WANDB_MODE=online after logging in."
             )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:

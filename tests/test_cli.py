@@ -9,8 +9,14 @@ from tests.conftest import PYTHON, ROOT, TOY_DATA, TOY_MODEL, subprocess_env
 
 
 def _run(*args, cwd=ROOT):
-    return subprocess.run([PYTHON, "-m", "repsuite", *args], capture_output=True, text=True, cwd=cwd,
-                          env=subprocess_env(), timeout=300)
+    return subprocess.run(
+        [PYTHON, "-m", "repsuite", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=subprocess_env(),
+        timeout=300,
+    )
 
 
 def test_version_subprocess():

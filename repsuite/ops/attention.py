@@ -201,7 +201,12 @@ class MultiHeadCrossAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, dropout: float = 0.0, context_dim: int | None = None, bias: bool = True
+        self,
+        dim: int,
+        num_heads: int,
+        dropout: float = 0.0,
+        context_dim: int | None = None,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
@@ -221,7 +226,9 @@ class MultiHeadCrossAttention(nn.Module):
         ``key_padding_mask`` is bool (B, Lk) with ``True`` at padded context positions.
         """
         if x.ndim != 3 or x.shape[-1] != self.dim:
-            raise ValueError(f"MultiHeadCrossAttention: `x` must be (B, Lq, {self.dim}), got {tuple(x.shape)}")
+            raise ValueError(
+                f"MultiHeadCrossAttention: `x` must be (B, Lq, {self.dim}), got {tuple(x.shape)}"
+            )
         if context.ndim != 3 or context.shape[-1] != self.context_dim or context.shape[0] != x.shape[0]:
             raise ValueError(
                 f"MultiHeadCrossAttention: `context` must be ({x.shape[0]}, Lk, {self.context_dim}), "
@@ -237,4 +244,8 @@ class MultiHeadCrossAttention(nn.Module):
         return self.out_proj(rearrange(out, "b h l d -> b l (h d)"))  # (B, Lq, D)
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}, context_dim={self.context_dim}"
+        """Hyper-parameters shown in ``print(module)``."""
+        return (
+            f"dim={self.dim}, num_heads={self.num_heads}, dropout={self.dropout}, "
+            f"context_dim={self.context_dim}"
+        )

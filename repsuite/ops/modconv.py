@@ -61,14 +61,18 @@ def _check_modconv(
         raise ValueError(f"modulated_conv2d: `weight` kernel must be square, got {tuple(weight.shape)}")
     if not isinstance(style, Tensor) or style.ndim != 2 or tuple(style.shape) != (x.shape[0], x.shape[1]):
         got = tuple(style.shape) if isinstance(style, Tensor) else type(style).__name__
-        raise ValueError(f"modulated_conv2d: `style` must be (B, C_in) = {(x.shape[0], x.shape[1])}, got {got}")
+        raise ValueError(
+            f"modulated_conv2d: `style` must be (B, C_in) = {(x.shape[0], x.shape[1])}, got {got}"
+        )
     if not (x.dtype == weight.dtype == style.dtype):
         raise ValueError(
             "modulated_conv2d: `x`, `weight`, `style` must share a dtype, got "
             f"{x.dtype}, {weight.dtype}, {style.dtype}"
         )
     if up not in (1, 2) or down not in (1, 2) or (up == 2 and down == 2):
-        raise ValueError(f"modulated_conv2d: `up`/`down` must be 1 or 2 and not both 2, got up={up}, down={down}")
+        raise ValueError(
+            f"modulated_conv2d: `up`/`down` must be 1 or 2 and not both 2, got up={up}, down={down}"
+        )
     if padding is not None and padding < 0:
         raise ValueError(f"modulated_conv2d: `padding` must be >= 0, got {padding}")
     if eps <= 0:
@@ -84,23 +88,24 @@ def _resample(x: Tensor, up: int, down: int) -> Tensor:
     return x
 
 
-def choose_formulation(x_shape: tuple[int, ...], weight_shape: tuple[int, ...], up: int = 1, down: int = 1) -> str:
-    """Pick ``"grouped"`` or ``"scaled"`` for a shape by counting the extra elementwise work.
+def choose_formulation(
+    x_shape: tuple[int, ...], weight_shape: tuple[int, ...], up: int = 1, down: int = 1
+) -> str:
+    """Pick ``"grouped"`` or ``"scaled"`` for a shape by comparing the extra memory traffic.
 
-    "scaled" touches the input and output activations once more (B·C_in·H·W + B·C_out·H'·W'), "grouped"
-    materialises B modulated weights (B·C_out·C_in·k²) and runs a grouped convolution, which backends
-    execute less efficiently than one dense convolution over the batch. Measured in
-    ``benchmarks/ops.py``: "scaled" wins unless the weights per sample are much smaller than the
-    activations *and* the batch is 1, so "grouped" is only chosen there.
+    "scaled" makes two more passes over activations (B·C_in·H·W in, B·C_out·H'·W' out, forward and
+    backward), "grouped" materialises B modulated weights (B·C_out·C_in·k²) and runs a grouped
+    convolution, which backends execute somewhat less efficiently than one dense convolution. Measured by
+    ``benchmarks/ops.py`` (2-core CPU, B=4, 3×3): "scaled" wins at 512 ch / 32 px (weights dominate) and
+    for the 2× upsampling conv there, "grouped" wins at 256 ch / 128 px and 64 ch / 512 px (activations
+    dominate); the factor 4 below separates those cases.
     """
     b, c_in, h, w = x_shape
     c_out, _, k, _ = weight_shape
     h_out, w_out = (h * up // down, w * up // down)
     activation_work = b * (c_in * h * w + c_out * h_out * w_out)
     weight_work = b * c_out * c_in * k * k
-    if b == 1 and weight_work < activation_work:
-        return "grouped"
-    return "scaled"
+    return "grouped" if 4 * weight_work < activation_work else "scaled"
 
 
 def _demod_factor(weight: Tensor, style: Tensor, eps: float) -> Tensor:
@@ -198,7 +203,9 @@ def modulated_conv2d(
         return _modconv_scaled(x, weight, style, demodulate, eps, up, down, pad)
     if formulation == "grouped":
         return _modconv_grouped(x, weight, style, demodulate, eps, up, down, pad)
-    raise ValueError(f"modulated_conv2d: `formulation` must be 'auto', 'grouped' or 'scaled', got {formulation!r}")
+    raise ValueError(
+        f"modulated_conv2d: `formulation` must be 'auto', 'grouped' or 'scaled', got {formulation!r}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,7 +219,9 @@ def _check_flrelu(x: Tensor, bias: Tensor | None, negative_slope: float) -> None
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.ndim != 1 or bias.shape[0] != x.shape[1]:
             got = tuple(bias.shape) if isinstance(bias, Tensor) else type(bias).__name__
-            raise ValueError(f"fused_leaky_relu: `bias` must be (C,) = ({x.shape[1]},), got {got} for x {tuple(x.shape)}")
+            raise ValueError(
+                f"fused_leaky_relu: `bias` must be (C,) = ({x.shape[1]},), got {got} for x {tuple(x.shape)}"
+            )
     if negative_slope < 0:
         raise ValueError(f"fused_leaky_relu: `negative_slope` must be >= 0, got {negative_slope}")
 

@@ -6,6 +6,10 @@ learn. Small enough for DDP and mixed-precision runs on two CPU cores in seconds
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
+
 import torch
 from lightning.pytorch import LightningDataModule, LightningModule
 from torch import Tensor, nn
@@ -15,21 +19,42 @@ from repsuite.ops import MultiHeadCrossAttention
 
 
 class ToyModule(LightningModule):
-    def __init__(self, dim: int = 16, num_heads: int = 2, lr: float = 0.01) -> None:
+    def __init__(
+        self, dim: int = 16, num_heads: int = 2, lr: float = 0.01, marker_dir: str | None = None
+    ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.attn = MultiHeadCrossAttention(dim, num_heads)
         self.head = nn.Linear(dim, dim)
+        self.seen_dtypes: set[str] = set()
+        self.seen_samples = 0
+
+    def on_fit_end(self) -> None:
+        # One file per rank, so tests can tell how many processes trained and on how much data.
+        if self.hparams.marker_dir:
+            info = {
+                "rank": self.global_rank,
+                "world_size": self.trainer.world_size,
+                "pid": os.getpid(),
+                "samples": self.seen_samples,
+                "dtypes": sorted(self.seen_dtypes),
+            }
+            path = Path(self.hparams.marker_dir) / f"rank{self.global_rank}.json"
+            path.write_text(json.dumps(info))
 
     def forward(self, x: Tensor, ctx: Tensor) -> Tensor:
         return self.head(self.attn(x, ctx))
 
     def _loss(self, batch: tuple[Tensor, Tensor, Tensor]) -> Tensor:
         x, ctx, y = batch
-        return nn.functional.mse_loss(self(x, ctx), y)
+        return nn.functional.mse_loss(self(x, ctx).float(), y)
 
     def training_step(self, batch, batch_idx):
-        loss = self._loss(batch)
+        x, ctx, y = batch
+        pred = self(x, ctx)
+        self.seen_dtypes.add(str(pred.dtype))
+        self.seen_samples += x.shape[0]
+        loss = nn.functional.mse_loss(pred.float(), y)
         self.log("train/loss", loss, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 

@@ -40,7 +40,7 @@ def test_fast_matches_reference_fp32(masked, dv):
     kw = {"key_padding_mask": _mask(2, 5)} if masked else {}
     fast = _grads(multi_head_attention, q, k, v, **kw)
     ref = _grads(multi_head_attention_reference, q, k, v, **kw)
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
@@ -49,7 +49,7 @@ def test_fast_matches_reference_bf16():
     m = _mask(2, 17)
     fast = _grads(multi_head_attention, q, k, v, key_padding_mask=m)
     ref = _grads(multi_head_attention_reference, q, k, v, key_padding_mask=m)
-    for a, b in zip(fast, ref):
+    for a, b in zip(fast, ref, strict=True):
         torch.testing.assert_close(a.float(), b.float(), rtol=5e-2, atol=5e-2)
 
 
@@ -95,7 +95,7 @@ def test_query_chunking_is_exact(fn):
     m = _mask(2, 5)
     whole = _grads(fn, q, k, v, key_padding_mask=m, query_chunk_size=1000)
     chunked = _grads(fn, q, k, v, key_padding_mask=m, query_chunk_size=7)
-    for a, b in zip(whole, chunked):
+    for a, b in zip(whole, chunked, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
