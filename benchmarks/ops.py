@@ -184,6 +184,13 @@ def time_variants(case: Case, variants: list[str], device: torch.device, reps: i
     for inputs, run in runners.values():
         step(inputs, run)  # warm-up (oneDNN primitive creation, cuDNN autotune)
     _sync(device)
+    t0 = time.perf_counter()
+    for inputs, run in runners.values():
+        step(inputs, run)
+    _sync(device)
+    per_round = time.perf_counter() - t0
+    # cheap cases get more rounds (at least ~3 s of timing per case, at most 25 rounds): stabler medians
+    reps = max(reps, min(25, math.ceil(3.0 / max(per_round, 1e-6))))
     times: dict[str, list[float]] = {v: [] for v in variants}
     for _ in range(reps):
         for v, (inputs, run) in runners.items():

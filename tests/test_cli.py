@@ -75,3 +75,35 @@ def test_seed_defaults_to_zero_and_print_config(in_tmp, capsys):
     out = capsys.readouterr().out
     assert "seed_everything: 0" in out
     assert "class_path: tests.helpers.toy.ToyModule" in out
+
+
+def test_import_is_lazy_and_public_names_resolve():
+    code = (
+        "import sys, repsuite\n"
+        "heavy = [m for m in ('torch', 'lightning', 'open_clip', 'timm', 'wandb') if m in sys.modules]\n"
+        "print(','.join(heavy) or 'none')\n"
+        "print(repsuite.MultiHeadCrossAttention.__module__, repsuite.RepsuiteCLI.__name__)\n"
+        "print(sorted(set(repsuite.__all__) - set(dir(repsuite))))\n"
+    )
+    res = subprocess.run(
+        [PYTHON, "-c", code], capture_output=True, text=True, env=subprocess_env(), timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    heavy, names, missing = res.stdout.strip().splitlines()
+    assert heavy == "none"  # `import repsuite` pulls in nothing heavy until a public name is used
+    assert names == "repsuite.ops.attention RepsuiteCLI"
+    assert missing == "[]"
+
+
+def test_unknown_attribute_raises_attribute_error():
+    import repsuite
+
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchThing'"):
+        repsuite.NoSuchThing  # noqa: B018
+
+
+def test_tool_help_and_exit_code():
+    res = _run("env", "--help")
+    assert res.returncode == 0 and "--json" in res.stdout
+    res = _run("env", "--bogus")
+    assert res.returncode == 2 and "unrecognized arguments" in res.stderr

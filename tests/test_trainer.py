@@ -112,63 +112,39 @@ def test_checkpoint_loads_weights_only_and_resumes(in_tmp):
     assert "val/loss" in cli.trainer.callback_metrics
 
 
-def test_wandb_offline_run_stores_resolved_config(in_tmp):
+WANDB_FIT = ["fit", "--config", CPU_DEBUG, "--config", WANDB, *TOY, *QUIET, "--trainer.max_epochs=1"]
+
+
+@pytest.fixture
+def wandb_finish():
     import wandb
 
-    try:
-        cli = run_cli(
-            [
-                "fit",
-                "--config",
-                CPU_DEBUG,
-                "--config",
-                WANDB,
-                *TOY,
-                *QUIET,
-                "--model.lr=0.03",
-                "--trainer.max_epochs=1",
-                "--trainer.logger.init_args.save_dir=wb",
-            ]
-        )
-        logger = cli.trainer.logger
-        assert isinstance(logger, WandbLogger)
-        run = logger.experiment
-        assert run.settings.mode == "offline"
-        stored = run.config["config"]
-        assert stored["model"]["class_path"] == TOY_MODEL
-        assert stored["model"]["init_args"]["lr"] == 0.03
-        assert stored["trainer"]["max_epochs"] == 1
-        text = (Path(run.dir) / "repsuite_config.yaml").read_text()
-        assert yaml.safe_load(text)["model"]["init_args"]["lr"] == 0.03
-        assert any((in_tmp / "wb" / "wandb").glob("offline-run-*"))
-    finally:
-        wandb.finish()
+    yield
+    wandb.finish()
 
 
-def test_wandb_without_key_falls_back_to_offline(in_tmp, monkeypatch):
-    import wandb
+def test_wandb_offline_run_stores_resolved_config(in_tmp, wandb_finish):
+    cli = run_cli([*WANDB_FIT, "--model.lr=0.03", "--trainer.logger.init_args.save_dir=wb"])
+    logger = cli.trainer.logger
+    assert isinstance(logger, WandbLogger)
+    run = logger.experiment
+    assert run.settings.mode == "offline"
+    stored = run.config["config"]
+    assert stored["model"]["class_path"] == TOY_MODEL
+    assert stored["model"]["init_args"]["lr"] == 0.03
+    assert stored["trainer"]["max_epochs"] == 1
+    text = (Path(run.dir) / "repsuite_config.yaml").read_text()
+    assert yaml.safe_load(text)["model"]["init_args"]["lr"] == 0.03
+    assert any((in_tmp / "wb" / "wandb").glob("offline-run-*"))
 
+
+def test_wandb_without_key_falls_back_to_offline(in_tmp, monkeypatch, wandb_finish):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("HOME", str(in_tmp))  # no ~/.netrc, no stored key
     monkeypatch.setenv("NETRC", str(in_tmp / "absent-netrc"))
-    try:
-        with pytest.warns(UserWarning, match="no API key found"):
-            cli = run_cli(
-                [
-                    "fit",
-                    "--config",
-                    CPU_DEBUG,
-                    "--config",
-                    WANDB,
-                    *TOY,
-                    *QUIET,
-                    "--trainer.max_epochs=1",
-                    "--trainer.logger.init_args.save_dir=wb",
-                ]
-            )
-        assert cli.trainer.logger.experiment.settings.mode == "offline"
-    finally:
-        wandb.finish()
+    with pytest.warns(UserWarning, match="no API key found"):
+        cli = run_cli([*WANDB_FIT, "--trainer.logger.init_args.save_dir=wb"])
+    assert cli.trainer.logger.experiment.settings.mode == "offline"
 
 
 @pytest.mark.slow
