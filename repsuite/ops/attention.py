@@ -30,9 +30,13 @@ __all__ = [
     "multi_head_attention_reference",
 ]
 
-# Score-matrix budget per chunk. 64 MiB keeps the reference path of a 100,000-row video against 32 text
-# tokens in one or two chunks while bounding a 100,000 × 100,000 self-attention to small pieces.
+# Score-matrix budget per query chunk. The reference path always materialises the (B, H, chunk, Lk)
+# scores, so its budget is small: a 100,000-row video against 32 text tokens still runs in one or two
+# chunks while a 100,000 × 100,000 self-attention is cut into small pieces. The fast path's kernels
+# (flash / memory-efficient) keep no score matrix at all; its larger budget only bounds what SDPA's math
+# fallback would materialise, without splitting normal inputs into many small kernel launches.
 SCORE_BUDGET_BYTES = 64 * 2**20
+FAST_SCORE_BUDGET_BYTES = 2**30
 
 
 def _check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None, dropout_p: float) -> None:
@@ -78,10 +82,17 @@ def _check_inputs(q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | No
         raise ValueError(f"multi_head_attention: `dropout_p` must be in [0, 1), got {dropout_p}")
 
 
-def auto_query_chunk_size(batch: int, heads: int, len_k: int, itemsize: int) -> int:
-    """Largest query chunk whose (B, H, chunk, Lk) score buffer fits :data:`SCORE_BUDGET_BYTES`."""
+def auto_query_chunk_size(
+    batch: int, heads: int, len_k: int, itemsize: int = 4, *, fast: bool = False
+) -> int:
+    """Largest query chunk whose (B, H, chunk, Lk) score buffer fits the path's budget.
+
+    The budget is :data:`FAST_SCORE_BUDGET_BYTES` for the fast path and :data:`SCORE_BUDGET_BYTES` for the
+    reference path.
+    """
+    budget = FAST_SCORE_BUDGET_BYTES if fast else SCORE_BUDGET_BYTES
     per_query = max(1, batch * heads * max(len_k, 1) * itemsize)
-    return max(1, SCORE_BUDGET_BYTES // per_query)
+    return max(1, budget // per_query)
 
 
 def _valid_and_keep(key_padding_mask: Tensor | None, q: Tensor) -> tuple[Tensor | None, Tensor | None]:
@@ -133,7 +144,7 @@ def _attention(
     attn_mask, keep = _valid_and_keep(key_padding_mask, q)
     kernel = _reference if reference else _fast
     if query_chunk_size is None:
-        query_chunk_size = auto_query_chunk_size(batch, heads, len_k, 4)
+        query_chunk_size = auto_query_chunk_size(batch, heads, len_k, 4, fast=not reference)
     if query_chunk_size < 1:
         raise ValueError(f"multi_head_attention: `query_chunk_size` must be >= 1, got {query_chunk_size}")
     if len_q <= query_chunk_size:
@@ -165,7 +176,7 @@ def multi_head_attention(
         key_padding_mask: optional bool (B, Lk); ``True`` marks padding (zero attention weight).
         dropout_p: dropout on the attention weights; pass 0.0 at evaluation time.
         query_chunk_size: queries per kernel call; ``None`` picks the largest chunk whose
-            (B, H, chunk, Lk) score buffer fits :data:`SCORE_BUDGET_BYTES`.
+            (B, H, chunk, Lk) score buffer fits the path's budget (:func:`auto_query_chunk_size`).
 
     Returns:
         (B, H, Lq, Dv). Rows of a batch element whose keys are all padded are zeros.

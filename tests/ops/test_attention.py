@@ -108,10 +108,21 @@ def test_auto_chunking_kicks_in_for_long_queries(monkeypatch):
         return real(q, *a)
 
     monkeypatch.setattr(attention_mod, "_fast", spy)
-    monkeypatch.setattr(attention_mod, "SCORE_BUDGET_BYTES", 1 * 4 * 3 * 10 * 4)  # 10 queries per chunk
+    monkeypatch.setattr(attention_mod, "FAST_SCORE_BUDGET_BYTES", 1 * 4 * 3 * 10 * 4)  # 10 queries per chunk
     q, k, v = _qkv(b=1, h=4, lq=35, lk=3)
     multi_head_attention(q, k, v)
     assert calls == [10, 10, 10, 5]
+
+
+def test_auto_chunk_budgets():
+    # reference path: a 100,000-row video against 32 tokens fits 64 MiB chunks of 65,536 queries
+    assert attention_mod.auto_query_chunk_size(1, 8, 32) == 65536
+    # a 100,032-row self-attention is cut into small pieces on the reference path...
+    assert attention_mod.auto_query_chunk_size(1, 8, 100_032) == 20
+    # ...and into ~300-query pieces on the fast path (bounds SDPA's math fallback)
+    assert attention_mod.auto_query_chunk_size(1, 8, 100_032, fast=True) == 335
+    # the NLQ co-attention shape is never chunked on the fast path
+    assert attention_mod.auto_query_chunk_size(32, 8, 32, fast=True) >= 600
 
 
 def test_switch_forces_reference(monkeypatch):
