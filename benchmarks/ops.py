@@ -328,9 +328,17 @@ def main() -> None:
     )
     ap.add_argument("--only", default=None, help="substring filter on case names")
     ap.add_argument("--out", default="benchmarks/results/ops.json", help="JSON output path")
+    ap.add_argument("--markdown", default=None, help="also write the table as Markdown to this path")
+    ap.add_argument("--from-json", default=None, help="only render --markdown from an earlier JSON result")
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
     device = torch.device(args.device)
+
+    if args.from_json:
+        Path(args.markdown or "/dev/stdout").write_text(
+            markdown(json.loads(Path(args.from_json).read_text()))
+        )
+        return
 
     if args._memory:  # child process: one peak-memory probe
         spec = json.loads(args._memory)
@@ -400,6 +408,31 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
     print(f"\nwrote {out}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown(result))
+        print(f"wrote {args.markdown}")
+
+
+def markdown(result: dict) -> str:
+    """The README table: one line per (case, variant), then the ratios."""
+    lines = [
+        f"Measured on {result['device']} ({result['processor']}, {result['threads']} threads, torch "
+        f"{result['torch']}); fp32 matmul peak {result['matmul_peak_gflops']:.0f} GFLOP/s. "
+        "`~` marks an extrapolation, not a measurement.",
+        "",
+        "| case | variant | fwd+bwd | peak memory | GFLOP/s | % of matmul peak |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        mark = "~" if r["estimated"] else ""
+        secs = f"{mark}{r['seconds'] * 1e3:.1f} ms" if r["seconds"] is not None else "-"
+        gf = f"{r['gflops']:.1f}" if r["gflops"] else "-"
+        fp = f"{100 * r['frac_peak']:.0f}%" if r["frac_peak"] else "-"
+        mem = f"{mark}{fmt_bytes(r['peak_bytes'])}" if r["peak_bytes"] is not None else "-"
+        lines.append(f"| {r['case']} | {r['variant']} | {secs} | {mem} | {gf} | {fp} |")
+    lines += ["", "| ratio | value |", "| --- | ---: |"]
+    lines += [f"| {k} | {v} |" for k, v in result["ratios"].items()]
+    return "\n".join(lines)
 
 
 def summarise(rows: list[Row]) -> dict[str, str]:
@@ -417,7 +450,10 @@ def summarise(rows: list[Row]) -> dict[str, str]:
             )
         sf, sr = by.get((f"{tag}_selfattn", "fast")), by.get((f"{tag}_selfattn", "reference"))
         if sf and sr and sf.seconds and sr.seconds:
-            out[f"{tag} self-attention: reference time / fast time"] = f"{ratio(sr.seconds, sf.seconds):.2f}x"
+            mark = "~" if sf.estimated or sr.estimated else ""
+            out[f"{tag} self-attention: reference time / fast time"] = (
+                f"{mark}{ratio(sr.seconds, sf.seconds):.2f}x"
+            )
         if fast and sf and fast.peak_bytes and sf.peak_bytes:
             mark = "~" if sf.estimated else ""
             out[f"{tag} memory: co-attn fast / self-attn fast"] = (

@@ -3,7 +3,7 @@
 ``repsuite fit --config configs/...yaml`` runs the Lightning Trainer on a model and a DataModule given by
 class name (subclass mode, so a config says ``class_path: NLQModule``). Other first words are task tools
 registered in :data:`TOOLS` (``repsuite env``; the tasks add ``repsuite nlq ...`` and friends): each is a
-``main(argv) -> int`` function imported only when called, so ``repsuite --help`` stays fast.
+``main(argv) -> int`` function, imported only when its word is given.
 """
 
 from __future__ import annotations
@@ -24,24 +24,36 @@ from lightning.pytorch.utilities import rank_zero_warn
 
 from repsuite import __version__
 
-__all__ = ["TOOLS", "RepsuiteCLI", "RepsuiteSaveConfigCallback", "main", "run_cli", "wandb_has_credentials"]
+__all__ = [
+    "TASK_PACKAGES",
+    "TOOLS",
+    "RepsuiteCLI",
+    "RepsuiteSaveConfigCallback",
+    "main",
+    "run_cli",
+    "wandb_has_credentials",
+]
 
 #: Task tools reachable as ``repsuite <name> ...``: name -> ("module:function", one-line help).
 TOOLS: dict[str, tuple[str, str]] = {
     "env": ("repsuite.tools.env:main", "print versions, devices and kernel settings (attach to bug reports)"),
+    "nlq": (
+        "repsuite.nlq.cli:main",
+        "Ego4D NLQ tools: 'repsuite nlq eval GT.json PRED.json' scores officially",
+    ),
 }
+
+#: Packages whose LightningModules/DataModules configs may name by bare class name; each task adds its
+#: package here when it lands (an import error in one of them is a bug and is not swallowed).
+TASK_PACKAGES: tuple[str, ...] = ()
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _import_task_classes() -> None:
     """Import every LightningModule/DataModule repsuite ships so configs can name them by class name."""
-    for module in ("repsuite.nlq", "repsuite.faceswap"):
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as err:  # a task package that does not exist yet
-            if err.name != module:
-                raise
+    for module in TASK_PACKAGES:
+        importlib.import_module(module)
 
 
 def wandb_has_credentials() -> bool:
@@ -112,7 +124,8 @@ class RepsuiteCLI(LightningCLI):
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         wants_bar = config.get("enable_progress_bar") is not False
-        configured = list(callbacks) + list(config.get("callbacks") or [])
+        own = config.get("callbacks") or []
+        configured = [*callbacks, *(own if isinstance(own, list) else [own])]
         if wants_bar and not any(isinstance(cb, ProgressBar) for cb in configured):
             callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)

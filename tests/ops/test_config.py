@@ -8,7 +8,9 @@ from tests.conftest import PYTHON, subprocess_env
 PROBE = "from repsuite.ops import use_reference_ops; print(use_reference_ops())"
 
 
-@pytest.mark.parametrize(("value", "expected"), [("1", "True"), ("on", "True"), ("0", "False"), ("", "False")])
+@pytest.mark.parametrize(
+    ("value", "expected"), [("1", "True"), ("on", "True"), ("0", "False"), ("", "False")]
+)
 def test_env_var_sets_the_switch(value, expected):
     env = subprocess_env(REPSUITE_REFERENCE_OPS=value)
     res = subprocess.run([PYTHON, "-c", PROBE], capture_output=True, text=True, env=env, timeout=120)

@@ -1,0 +1,35 @@
+"""The benchmark scripts keep running (figures are read by people, never asserted)."""
+
+import json
+import subprocess
+
+import pytest
+
+from tests.conftest import PYTHON, ROOT, subprocess_env
+
+
+@pytest.mark.slow
+def test_ops_benchmark_runs_and_writes_json(tmp_path):
+    out, md = tmp_path / "ops.json", tmp_path / "ops.md"
+    cmd = [
+        PYTHON,
+        str(ROOT / "benchmarks/ops.py"),
+        "--quick",
+        "--only",
+        "nlq_coattn",
+        "--reps",
+        "1",
+        "--out",
+        str(out),
+        "--markdown",
+        str(md),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "reference time / fast time" in res.stdout
+    result = json.loads(out.read_text())
+    rows = {(r["case"], r["variant"]): r for r in result["rows"]}
+    assert set(rows) == {("nlq_coattn", "fast"), ("nlq_coattn", "reference")}
+    assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows.values())
+    assert result["matmul_peak_gflops"] > 0
+    assert "| nlq_coattn | fast |" in md.read_text()
