@@ -1,6 +1,7 @@
 """``repsuite nlq ...``: Ego4D NLQ tools.
 
-Today: ``eval`` (official scoring). Submission writing and ensembling arrive with the NLQ model.
+Today: ``eval`` (official scoring) and ``synth`` (synthetic data in the official layout). Submission
+writing and ensembling arrive with the NLQ model.
 """
 
 from __future__ import annotations
@@ -32,6 +33,23 @@ def _eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _synth(ns: argparse.Namespace) -> int:
+    from repsuite.nlq.synthetic import SyntheticSpec, write_synthetic_ego4d
+
+    spec = SyntheticSpec(
+        num_videos={"train": ns.train_videos, "val": ns.val_videos, "test": ns.test_videos},
+        clips_per_video=ns.clips_per_video,
+        clip_seconds=(ns.min_clip_seconds, ns.max_clip_seconds),
+        seed=ns.seed,
+    )
+    base = write_synthetic_ego4d(ns.root, spec, version=ns.version)
+    print(
+        f"wrote a synthetic Ego4D NLQ download to {base} (sources: {', '.join(spec.sources)}; "
+        f"text features: {spec.text_source})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``repsuite nlq`` argument parser (one sub-parser per tool)."""
     parser = argparse.ArgumentParser(prog="repsuite nlq", description="Ego4D Natural Language Queries tools.")
@@ -56,6 +74,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--json", metavar="OUT.json", help="also write the scores (x100) as JSON")
     ev.set_defaults(func=_eval)
+
+    sy = sub.add_parser(
+        "synth",
+        help="write a synthetic NLQ download (official layout, learnable answers) for demos and tests",
+        description="Write ROOT/<version>/annotations/nlq_{train,val,test_unannotated}.json and one "
+        "<video_uid>.pt per video and feature source, exactly as the official ego4d download lays them out.",
+    )
+    sy.add_argument("root", metavar="ROOT", help="output folder (the --output_directory of the ego4d CLI)")
+    sy.add_argument("--version", default="v2", choices=["v1", "v2"])
+    sy.add_argument("--train-videos", type=int, default=24)
+    sy.add_argument("--val-videos", type=int, default=6)
+    sy.add_argument("--test-videos", type=int, default=4)
+    sy.add_argument("--clips-per-video", type=int, default=2)
+    sy.add_argument("--min-clip-seconds", type=float, default=60.0)
+    sy.add_argument("--max-clip-seconds", type=float, default=120.0)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=_synth)
     return parser
 
 

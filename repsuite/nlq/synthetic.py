@@ -1,0 +1,212 @@
+"""Synthetic Ego4D NLQ data written in the exact on-disk layout of the official download.
+
+Layout (what ``ego4d --datasets annotations <features> --benchmarks nlq --version v2`` writes under ROOT)::
+
+    ROOT/v2/annotations/nlq_train.json, nlq_val.json, nlq_test_unannotated.json
+    ROOT/v2/<source>/<video_uid>.pt            one (N, D) float tensor per canonical 30 fps video
+    ROOT/v2/<text_source>/<annotation_uid>_<query_idx>.pt   optional (L, D) token features (author's format)
+
+The answer is learnable from the features *and* the question: every clip shows several "object events"
+(rows where an object's signature vector is added to the background), and each question asks where one
+object was; the other objects' events in the same clip are distractors, so a model that ignores the
+question cannot beat chance. Clips start at arbitrary (unaligned) times inside their video and the index
+math is the library's own (:mod:`repsuite.nlq.features`), so slicing bugs show up as wrong answers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from repsuite.nlq.features import ROWS_PER_SEC, clip_row_range, official_num_rows
+
+__all__ = ["OBJECTS", "SyntheticSpec", "write_synthetic_ego4d"]
+
+OBJECTS = (
+    "knife", "cup", "keys", "phone", "wallet", "scissors", "spoon", "plate", "bottle", "towel", "book",
+    "laptop", "remote", "pen", "hammer", "bowl", "glasses", "shoe", "bag", "sponge", "lid", "pan", "tape",
+    "brush",
+)  # fmt: skip
+TEMPLATES = (
+    ("Objects: Where is object X before / after event Y?", "where did i put the {}?"),
+    ("Objects: Where is object X?", "where is the {}?"),
+    ("Objects: In what location did I see object X ?", "in what location did i see the {}?"),
+)
+
+
+@dataclass
+class SyntheticSpec:
+    """Sizes of a synthetic NLQ download (defaults: a few minutes of CPU training for the demo)."""
+
+    num_videos: dict[str, int] | None = None  # per split; default train 24, val 6, test 4
+    clips_per_video: int = 2
+    clip_seconds: tuple[float, float] = (60.0, 120.0)
+    events_per_clip: int = 4
+    queries_per_clip: int = 3
+    event_seconds: tuple[float, float] = (2.0, 8.0)
+    sources: dict[str, int] | None = None  # source folder -> dim; default slowfast 64-d + clip 32-d
+    text_source: str | None = "clip_text_vitb16"
+    text_dim: int = 32
+    noise: float = 1.0
+    signal: float = 2.5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.num_videos = self.num_videos or {"train": 24, "val": 6, "test": 4}
+        self.sources = self.sources or {"slowfast8x8_r101_k400": 64, "clip_vitb16": 32}
+
+
+def _unit(g: torch.Generator, n: int, d: int) -> torch.Tensor:
+    v = torch.randn(n, d, generator=g)
+    return v / v.norm(dim=1, keepdim=True)
+
+
+def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, version: str = "v2") -> Path:
+    """Write a synthetic NLQ download under ``root/version`` and return that folder."""
+    spec = spec or SyntheticSpec()
+    rng = random.Random(spec.seed)
+    g = torch.Generator().manual_seed(spec.seed)
+    base = Path(root) / version
+    (base / "annotations").mkdir(parents=True, exist_ok=True)
+    signatures = {name: _unit(g, len(OBJECTS), dim) for name, dim in spec.sources.items()}
+    word_vectors = _unit(g, len(OBJECTS) + 16, spec.text_dim)  # objects, then filler words
+    for name in spec.sources:
+        (base / name).mkdir(exist_ok=True)
+    if spec.text_source:
+        (base / spec.text_source).mkdir(exist_ok=True)
+
+    split_names = {"train": "nlq_train.json", "val": "nlq_val.json", "test": "nlq_test_unannotated.json"}
+    video_counter = 0
+    for split, count in spec.num_videos.items():
+        videos = []
+        for _ in range(count):
+            video_uid = f"{split}-video-{video_counter:04d}"
+            video_counter += 1
+            clip_lengths = [rng.uniform(*spec.clip_seconds) for _ in range(spec.clips_per_video)]
+            gaps = [rng.uniform(3.0, 20.0) for _ in range(spec.clips_per_video + 1)]
+            total_sec = sum(clip_lengths) + sum(gaps)
+            frames = int(total_sec * 30)
+            n_rows = official_num_rows(frames)
+            feats = {
+                name: torch.randn(n_rows, dim, generator=g) * spec.noise / math.sqrt(dim)
+                for name, dim in spec.sources.items()
+            }
+            clips, t = [], gaps[0]
+            for ci, length in enumerate(clip_lengths):
+                start, end = t + rng.uniform(0, 0.5), t + length
+                t = end + gaps[ci + 1]
+                clips.append(
+                    _make_clip(
+                        rng,
+                        g,
+                        spec,
+                        split,
+                        video_uid,
+                        ci,
+                        start,
+                        end,
+                        n_rows,
+                        feats,
+                        signatures,
+                        word_vectors,
+                        base,
+                    )
+                )
+            for name, tensor in feats.items():
+                torch.save(tensor.contiguous(), base / name / f"{video_uid}.pt")
+            videos.append({"video_uid": video_uid, "split": split, "clips": clips})
+        data = _file_header(split, version) | {"videos": videos}
+        (base / "annotations" / split_names[split]).write_text(json.dumps(data, indent=1))
+    return base
+
+
+def _file_header(split: str, version: str) -> dict:
+    if split == "test":  # the test file keeps the v1 header in both releases
+        return {
+            "version": "1",
+            "date": "220216",
+            "description": f"NLQ Annotations ({split})",
+            "manifest": "s3://ego4d-consortium-sharing/public/v1/full_scale/manifest.csv",
+        }
+    return {
+        "version": "2.0" if version == "v2" else "1",
+        "date": "230105",
+        "description": f"NLQ Annotations ({split})",
+        "metadata": "s3://ego4d-consortium-sharing/public/v2/ego4d.json",
+    }
+
+
+def _make_clip(rng, g, spec, split, video_uid, ci, start, end, n_rows, feats, signatures, word_vectors, base):
+    clip_uid = f"{video_uid}-clip{ci}"
+    row0, row1 = clip_row_range(start, end, n_rows)
+    n = row1 - row0
+    objects = rng.sample(range(len(OBJECTS)), spec.events_per_clip)
+    events = []
+    for obj in objects:
+        length = max(1, round(rng.uniform(*spec.event_seconds) * ROWS_PER_SEC))
+        j0 = rng.randrange(0, max(1, n - length))
+        j1 = min(n - 1, j0 + length - 1)
+        for name, tensor in feats.items():
+            tensor[row0 + j0 : row0 + j1 + 1] += spec.signal * signatures[name][obj] / math.sqrt(1.0)
+        events.append((obj, j0, j1))
+    queries = []
+    for obj, j0, j1 in rng.sample(events, min(spec.queries_per_clip, len(events))):
+        template, pattern = rng.choice(TEMPLATES)
+        text = pattern.format(OBJECTS[obj])
+        if split == "test":
+            queries.append({"query": text})
+            continue
+        # clip row j covers [j, j + 1) / 1.875 s from the clip start (see repsuite.nlq.features)
+        queries.append(
+            {
+                "clip_start_sec": round(j0 / ROWS_PER_SEC, 3),
+                "clip_end_sec": round((j1 + 1) / ROWS_PER_SEC, 3),
+                "video_start_sec": round(start + j0 / ROWS_PER_SEC, 3),
+                "video_end_sec": round(start + (j1 + 1) / ROWS_PER_SEC, 3),
+                "video_start_frame": int((start + j0 / ROWS_PER_SEC) * 30),
+                "video_end_frame": int((start + (j1 + 1) / ROWS_PER_SEC) * 30),
+                "template": template,
+                "query": text,
+                "slot_x": OBJECTS[obj],
+                "verb_x": "[verb_not_applicable]",
+                "raw_tags": [template, text, OBJECTS[obj], "[verb_not_applicable]"],
+            }
+        )
+    annotation_uid = f"{clip_uid}-ann0"
+    if spec.text_source:
+        for qi, q in enumerate(queries):
+            torch.save(
+                _token_features(q["query"], word_vectors, g),
+                base / spec.text_source / f"{annotation_uid}_{qi}.pt",
+            )
+    ann = {"annotation_uid": annotation_uid, "language_queries": queries}
+    if split != "test":
+        ann["request_uid"] = f"{clip_uid}-req"
+    return {
+        "clip_uid": clip_uid,
+        "video_start_sec": start,
+        "video_end_sec": end,
+        "video_start_frame": int(start * 30),
+        "video_end_frame": int(end * 30),
+        "clip_start_sec": 0,
+        "clip_end_sec": end - start,
+        "clip_start_frame": 0,
+        "clip_end_frame": int((end - start) * 30),
+        "source_clip_uid": f"{clip_uid}-source",
+        "annotations": [ann],
+    }
+
+
+def _token_features(text: str, word_vectors: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    """(L, D) token states: one vector per word (objects have their own), plus SOT/EOT-like rows."""
+    rows = [word_vectors[-1]]
+    for word in text.rstrip("?").split():
+        idx = OBJECTS.index(word) if word in OBJECTS else len(OBJECTS) + (sum(map(ord, word)) % 14)
+        rows.append(word_vectors[idx] + 0.05 * torch.randn(word_vectors.shape[1], generator=g))
+    rows.append(word_vectors[-2])
+    return torch.stack(rows)  # (L, D)
