@@ -45,7 +45,7 @@ TOOLS: dict[str, tuple[str, str]] = {
 
 #: Packages whose LightningModules/DataModules configs may name by bare class name; each task adds its
 #: package here when it lands (an import error in one of them is a bug and is not swallowed).
-TASK_PACKAGES: tuple[str, ...] = ()
+TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq",)
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 

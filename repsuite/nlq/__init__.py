@@ -1,5 +1,6 @@
-"""Ego4D Natural Language Queries (thesis chapter 2): official scoring so far."""
+"""Ego4D Natural Language Queries (thesis chapter 2): data, official scoring (the model comes next)."""
 
+from repsuite.nlq.datamodule import Ego4DNLQDataModule
 from repsuite.nlq.evaluation import (
     CHALLENGE,
     SUBMISSION_VERSION,
@@ -15,6 +16,7 @@ from repsuite.nlq.metrics import NLQRecall, window_iou
 __all__ = [
     "CHALLENGE",
     "SUBMISSION_VERSION",
+    "Ego4DNLQDataModule",
     "NLQEvalResult",
     "NLQRecall",
     "SubmissionError",

@@ -1,0 +1,160 @@
+"""``Ego4DNLQDataModule``: the official ``ego4d`` download folder as train/val/test/predict loaders.
+
+Expected layout (what ``ego4d --output_directory ROOT --datasets annotations <sources> --benchmarks nlq
+--version v2`` writes)::
+
+    ROOT/v2/annotations/nlq_train.json, nlq_val.json, nlq_test_unannotated.json
+    ROOT/v2/<source>/<video_uid>.pt     (or <clip_uid>.pt), one folder per entry of ``features``
+    ROOT/v2/<text_features>/<annotation_uid>_<query_idx>.pt   (only with text="features")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from lightning.pytorch import LightningDataModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from repsuite.nlq.annotations import load_nlq_annotations
+from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
+from repsuite.nlq.features import FeatureError, FeatureSource
+
+__all__ = ["SPLIT_FILES", "Ego4DNLQDataModule"]
+
+SPLIT_FILES = {"train": "nlq_train.json", "val": "nlq_val.json", "test": "nlq_test_unannotated.json"}
+
+
+class Ego4DNLQDataModule(LightningDataModule):
+    """Ego4D NLQ queries with pre-extracted video features.
+
+    Args:
+        root: the download folder (contains ``<version>/annotations``).
+        version: release folder, ``"v1"`` or ``"v2"``.
+        features: feature source folders under ``root/version``, L2-normalised per row and concatenated in
+            this order (thesis: ``[slowfast8x8_r101_k400, <clip frame features>]``).
+        text: ``"tokens"`` (open_clip BPE ids, for the model's own text encoder) or ``"features"``.
+        text_features: folder under ``root/version`` with ``<annotation_uid>_<query_idx>.pt`` files.
+        max_video_len: longer clips are mean-pooled to this many bins (600 in the thesis).
+        temporal_position: append the 2-d temporal position feature of the author's release.
+        drop_zero_length_train: drop training queries with windows of at most 1/30 s (counted, logged).
+        drop_empty_query_train: drop training queries without text (counted, logged).
+        batch_size: training batch size (32 in the thesis).
+        eval_batch_size: validation/test/predict batch size.
+        num_workers: DataLoader workers.
+        val_split: annotation split used for validation.
+        test_split: annotation split used by ``test`` (needs ground truth, so ``val`` by default).
+        predict_split: annotation split used by ``predict`` (the unannotated test file by default).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        version: Literal["v1", "v2"] = "v2",
+        features: list[str] | None = None,
+        text: Literal["tokens", "features"] = "tokens",
+        text_features: str | None = None,
+        max_video_len: int = 600,
+        temporal_position: bool = False,
+        drop_zero_length_train: bool = False,
+        drop_empty_query_train: bool = False,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 0,
+        val_split: Literal["train", "val", "test"] = "val",
+        test_split: Literal["train", "val", "test"] = "val",
+        predict_split: Literal["train", "val", "test"] = "test",
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.base = Path(root) / version
+        self.feature_names = list(features or ["slowfast8x8_r101_k400"])
+        if text == "features" and not text_features:
+            raise ValueError("Ego4DNLQDataModule: text='features' needs `text_features` (a folder name)")
+        if not (self.base / "annotations").is_dir():
+            raise FileNotFoundError(
+                f"{self.base / 'annotations'}: not found; `root` must be the ego4d download folder that "
+                f"contains {version}/annotations/nlq_*.json"
+            )
+        self.sources = [FeatureSource(name, self.base / name) for name in self.feature_names]
+        self.datasets: dict[str, Ego4DNLQDataset] = {}
+
+    @property
+    def video_dim(self) -> int:
+        """Width of the video rows the model receives (read from the feature files)."""
+        return sum(s.dim for s in self.sources) + (2 if self.hparams.temporal_position else 0)
+
+    @property
+    def text_dim(self) -> int:
+        """Width of precomputed text features (0 in token mode, where the model embeds the ids)."""
+        if self.hparams.text != "features":
+            return 0
+        folder = self.base / self.hparams.text_features
+        first = next(iter(sorted(folder.glob("*.pt"))), None)
+        if first is None:
+            raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
+        import torch
+
+        return int(torch.load(first, map_location="cpu", weights_only=True, mmap=True).shape[-1])
+
+    def dataset(self, split: str) -> Ego4DNLQDataset:
+        """The dataset of one annotation split (built once)."""
+        if split not in self.datasets:
+            path = self.base / "annotations" / SPLIT_FILES[split]
+            train = split == "train"
+            ann = load_nlq_annotations(
+                path,
+                drop_zero_length=train and self.hparams.drop_zero_length_train,
+                drop_empty_query=train and self.hparams.drop_empty_query_train,
+            )
+            rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
+            text_dir = self.base / self.hparams.text_features if self.hparams.text_features else None
+            self.datasets[split] = Ego4DNLQDataset(
+                ann,
+                self.sources,
+                text_mode=self.hparams.text,
+                text_dir=text_dir,
+                max_video_len=self.hparams.max_video_len,
+                temporal_position=self.hparams.temporal_position,
+            )
+        return self.datasets[split]
+
+    def setup(self, stage: str) -> None:
+        """Parse the annotation files the stage needs."""
+        if stage == "fit":
+            self.dataset("train")
+            self.dataset(self.hparams.val_split)
+        elif stage == "validate":
+            self.dataset(self.hparams.val_split)
+        elif stage == "test":
+            self.dataset(self.hparams.test_split)
+        elif stage == "predict":
+            self.dataset(self.hparams.predict_split)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            self.dataset(split),
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            num_workers=h.num_workers,
+            collate_fn=collate_nlq,
+            persistent_workers=h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training queries."""
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation queries in file order."""
+        return self._loader(self.hparams.val_split, False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test queries (``test_split``) in file order."""
+        return self._loader(self.hparams.test_split, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """Queries to predict (``predict_split``) in file order."""
+        return self._loader(self.hparams.predict_split, False)

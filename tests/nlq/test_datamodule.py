@@ -1,0 +1,89 @@
+import pytest
+
+from repsuite.nlq.datamodule import Ego4DNLQDataModule
+from repsuite.nlq.features import FeatureError
+from tests.conftest import ROOT
+
+DATA = str(ROOT / "tests/data/ego4d_nlq")
+FEATS = ["slowfast8x8_r101_k400", "clip_vitb16"]
+
+
+def test_dims_are_read_from_the_files():
+    dm = Ego4DNLQDataModule(DATA, features=FEATS)
+    assert dm.video_dim == 24 and dm.text_dim == 0
+    dm = Ego4DNLQDataModule(
+        DATA, features=FEATS[:1], temporal_position=True, text="features", text_features="clip_text_vitb16"
+    )
+    assert dm.video_dim == 18 and dm.text_dim == 8
+
+
+@pytest.mark.parametrize("stage", ["fit", "validate", "test", "predict"])
+def test_loaders_per_stage(stage):
+    dm = Ego4DNLQDataModule(DATA, features=FEATS, batch_size=3, eval_batch_size=2)
+    dm.setup(stage)
+    loader = {
+        "fit": dm.train_dataloader,
+        "validate": dm.val_dataloader,
+        "test": dm.test_dataloader,
+        "predict": dm.predict_dataloader,
+    }[stage]()
+    batch = next(iter(loader))
+    assert batch["video"].shape[-1] == 24 and batch["video"].shape[0] == (3 if stage == "fit" else 2)
+    if stage == "predict":  # the unannotated test file has no labels
+        assert (batch["start"] == -1).all()
+    else:
+        assert (batch["start"] >= 0).all() and (batch["end"] >= batch["start"]).all()
+
+
+def test_training_filters_are_counted_and_logged(tmp_path, caplog):
+    import json
+    import shutil
+
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    path = root / "v2/annotations/nlq_train.json"
+    data = json.loads(path.read_text())
+    lq = data["videos"][0]["clips"][0]["annotations"][0]["language_queries"]
+    lq[0]["clip_end_sec"] = lq[0]["clip_start_sec"]  # zero-length
+    lq[1]["query"] = None
+    path.write_text(json.dumps(data))
+    dm = Ego4DNLQDataModule(
+        str(root), features=FEATS, drop_zero_length_train=True, drop_empty_query_train=True
+    )
+    with caplog.at_level("INFO"):
+        dm.setup("fit")
+    assert dm.datasets["train"].annotations.dropped["zero-length window"] == 1
+    assert dm.datasets["train"].annotations.dropped["no query text"] == 1
+    assert len(dm.datasets["val"]) == 4  # filters apply to training only
+    assert "dropped: 1 zero-length window, 1 no query text" in caplog.text
+
+
+def test_bad_roots_are_clear():
+    with pytest.raises(FileNotFoundError, match=r"v1/annotations: not found"):
+        Ego4DNLQDataModule(DATA, version="v1")
+    with pytest.raises(FeatureError, match="feature folder for source 'omnivore_video_swinl' does not exist"):
+        Ego4DNLQDataModule(DATA, features=["omnivore_video_swinl"])
+    with pytest.raises(ValueError, match="needs `text_features`"):
+        Ego4DNLQDataModule(DATA, text="features")
+
+
+def test_datamodule_is_reachable_from_the_cli(in_tmp, capsys):
+    from repsuite.cli import run_cli
+    from tests.conftest import TOY_MODEL
+
+    with pytest.raises(SystemExit) as exc:
+        run_cli(
+            [
+                "fit",
+                "--model",
+                TOY_MODEL,
+                "--data",
+                "Ego4DNLQDataModule",
+                f"--data.root={DATA}",
+                "--data.features=[slowfast8x8_r101_k400, clip_vitb16]",
+                "--print_config",
+            ]
+        )
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "Ego4DNLQDataModule" in out and "max_video_len: 600" in out and "clip_vitb16" in out
