@@ -128,6 +128,11 @@ class Ego4DNLQDataset(Dataset):
             self._cache.popitem(last=False)
         return rows
 
+    def random_clip_rows(self) -> Tensor:
+        """Rows of a random clip of this dataset (the donor clip for video splicing)."""
+        clip_uids = list(self.annotations.clips)
+        return self.clip_rows(clip_uids[int(torch.randint(len(clip_uids), ()))])
+
     def text(self, query: NLQQuery) -> Tensor:
         """Token ids (L,) or token features (L, Dt) of a query."""
         if self.text_mode == "features":

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from repsuite.nlq.annotations import load_nlq_annotations
 from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
 from repsuite.nlq.features import FeatureError, FeatureSource
+from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
 
 __all__ = ["SPLIT_FILES", "Ego4DNLQDataModule"]
 
@@ -40,6 +41,10 @@ class Ego4DNLQDataModule(LightningDataModule):
         temporal_position: append the 2-d temporal position feature of the author's release.
         drop_zero_length_train: drop training queries with windows of at most 1/30 s (counted, logged).
         drop_empty_query_train: drop training queries without text (counted, logged).
+        sliding_window: train-time variable-length sliding window (thesis SW).
+        sliding_window_ratio: (r_s, r_e) of the kept fraction; [0.4, 0.8] in the thesis.
+        video_splicing: train-time video splicing (thesis VS), applied after SW when both are on.
+        splice_prob: probability of splicing a sample (0.5 in the thesis).
         batch_size: training batch size (32 in the thesis).
         eval_batch_size: validation/test/predict batch size.
         num_workers: DataLoader workers.
@@ -59,6 +64,10 @@ class Ego4DNLQDataModule(LightningDataModule):
         temporal_position: bool = False,
         drop_zero_length_train: bool = False,
         drop_empty_query_train: bool = False,
+        sliding_window: bool = False,
+        sliding_window_ratio: tuple[float, float] = (0.4, 0.8),
+        video_splicing: bool = False,
+        splice_prob: float = 0.5,
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
@@ -110,6 +119,7 @@ class Ego4DNLQDataModule(LightningDataModule):
             )
             rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
             text_dir = self.base / self.hparams.text_features if self.hparams.text_features else None
+            transform = self.train_transform() if train else None
             self.datasets[split] = Ego4DNLQDataset(
                 ann,
                 self.sources,
@@ -117,8 +127,19 @@ class Ego4DNLQDataModule(LightningDataModule):
                 text_dir=text_dir,
                 max_video_len=self.hparams.max_video_len,
                 temporal_position=self.hparams.temporal_position,
+                transform=transform,
             )
         return self.datasets[split]
+
+    def train_transform(self) -> Compose | None:
+        """SW then VS, as switched on (thesis Table 2.1 rows "+SW", "+VS", "+SW and VS")."""
+        h = self.hparams
+        steps: list = []
+        if h.sliding_window:
+            steps.append(SlidingWindow(h.sliding_window_ratio))
+        if h.video_splicing:
+            steps.append(VideoSplicing(h.splice_prob))
+        return Compose(steps) if steps else None
 
     def setup(self, stage: str) -> None:
         """Parse the annotation files the stage needs."""
