@@ -1,0 +1,379 @@
+"""The thesis's multi-scale cross-modal transformer for Ego4D NLQ (chapter 2, Fig. 2.4), plain PyTorch.
+
+Data flow for a batch of B clips with Lv video bins and Lt text tokens::
+
+    video (B, Lv, Dv) ──proj──▶ V (B, Lv, D) ─┐ split into K segments of l = ceil(Lv / K) bins
+    text  (B, Lt[, Dt]) ─enc/proj─▶ T (B, Lt, D)  (K drawn from {2..6} per batch in training)
+          per segment: T cross-modal layers, video↔text co-attention (Eq. 2.2–2.3) + FFN
+          NPM per segment: attention pooling → Linear → sigmoid (Eq. 2.4), segment features × score
+    C (B, Lv, D) ──▶ conditioned span predictor (start/end logits), highlight, saliency, contrastive proj.
+
+``attention="self"`` swaps the co-attention for self-attention over the concatenated [video; text]
+sequence (the thesis's "Ours-variant (self-attention)", Moment-DETR style) for the Table 2.1 ablation.
+Layer sizes follow the author's release (shared/reference/nlq.md §3.1): hidden 256, 8 heads, FFN 1024,
+T = 3, input projections LayerNorm → Dropout → Linear (ReLU) ×2, sine positions restarted per segment.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange, repeat
+from torch import Tensor, nn
+
+from repsuite.ops import MultiHeadCrossAttention
+
+__all__ = ["NLQModel", "NLQModelConfig", "NLQOutput"]
+
+
+@dataclass
+class NLQModelConfig:
+    """Sizes and switches of :class:`NLQModel`.
+
+    Args:
+        video_dim: width of the video rows (sum of feature sources, +2 with temporal positions).
+        text_dim: width of precomputed text token features; 0 means token ids embedded by the model.
+        vocab_size: token-id vocabulary (open_clip's BPE) when ``text_dim == 0``.
+        hidden: model width D.
+        num_heads: attention heads.
+        ffn: feed-forward width.
+        num_layers: cross-modal layers T.
+        dropout: dropout inside the cross-modal layers.
+        input_dropout: dropout inside the input projections (0.5 in the release).
+        attention: ``"cross"`` (the thesis) or ``"self"`` (the Moment-DETR-style variant).
+        scales: K values drawn per training batch; inference pools over all of them.
+        text_encoder_layers: transformer layers of the token-id text encoder.
+        span_layers: conv blocks of the conditioned span predictor's shared encoder.
+        contrast_dim: projection width of the frame-level contrastive loss (64 in the release).
+        max_video_len: longest video the span predictor's learned positions cover.
+    """
+
+    video_dim: int
+    text_dim: int = 0
+    vocab_size: int = 49408
+    hidden: int = 256
+    num_heads: int = 8
+    ffn: int = 1024
+    num_layers: int = 3
+    dropout: float = 0.1
+    input_dropout: float = 0.5
+    attention: Literal["cross", "self"] = "cross"
+    scales: tuple[int, ...] = (2, 3, 4, 5, 6)
+    text_encoder_layers: int = 2
+    span_layers: int = 4
+    contrast_dim: int = 64
+    max_video_len: int = 600
+    max_text_len: int = 77
+
+
+@dataclass
+class NLQOutput:
+    """Per-bin predictions for one forward pass at one scale K.
+
+    ``start_logits``/``end_logits`` (B, Lv) are masked to −inf at padding; ``highlight`` and ``saliency``
+    (B, Lv) are logits; ``npm_scores`` (B, K) are NPM probabilities with ``segment_valid`` (B, K);
+    ``video_proj`` (B, Lv, C) and ``text_proj`` (B, Lt, C) are L2-normalised contrastive embeddings.
+    """
+
+    start_logits: Tensor
+    end_logits: Tensor
+    highlight: Tensor
+    saliency: Tensor
+    npm_scores: Tensor
+    segment_valid: Tensor
+    segment_len: int
+    video_proj: Tensor
+    text_proj: Tensor
+    extras: dict = field(default_factory=dict)
+
+
+def sine_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """DETR-style sine encoding of positions 1..length normalised to (0, 2π], (length, dim)."""
+    pos = torch.arange(1, length + 1, device=device, dtype=torch.float32) / length * 2 * math.pi
+    freq = 10000 ** (2 * (torch.arange(dim // 2, device=device, dtype=torch.float32)) / dim)
+    angles = pos[:, None] / freq[None, :]  # (length, dim / 2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).to(dtype)  # (length, dim)
+
+
+class InputProjection(nn.Module):
+    """LayerNorm → Dropout → Linear → ReLU → LayerNorm → Dropout → Linear (author's release)."""
+
+    def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim), nn.ReLU(),
+            nn.LayerNorm(out_dim), nn.Dropout(dropout), nn.Linear(out_dim, out_dim),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, in_dim) -> (B, L, out_dim)."""
+        return self.net(x)
+
+
+class FeedForward(nn.Module):
+    """Post-norm residual FFN with GELU."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, L, D) -> (B, L, D)."""
+        return self.norm(x + self.drop(self.net(x)))
+
+
+class AttentionBlock(nn.Module):
+    """Post-norm residual attention from ``x`` to ``context`` (self-attention when they are the same)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.attn = MultiHeadCrossAttention(dim, heads, dropout)
+        self.drop = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, context: Tensor, context_padding: Tensor | None) -> Tensor:
+        """(B, Lq, D), (B, Lk, D), (B, Lk) bool padding -> (B, Lq, D)."""
+        return self.norm(x + self.drop(self.attn(x, context, key_padding_mask=context_padding)))
+
+
+class CoAttentionLayer(nn.Module):
+    """One cross-modal layer: video attends to text and text attends to video, simultaneously, then FFNs.
+
+    The last layer has no text branch (``update_text=False``): only the video stream feeds the heads.
+    """
+
+    def __init__(self, cfg: NLQModelConfig, update_text: bool = True) -> None:
+        super().__init__()
+        self.v2t = AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout)
+        self.v_ffn = FeedForward(cfg.hidden, cfg.ffn, cfg.dropout)
+        self.t2v = AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout) if update_text else None
+        self.t_ffn = FeedForward(cfg.hidden, cfg.ffn, cfg.dropout) if update_text else None
+
+    def forward(self, v: Tensor, t: Tensor, v_pad: Tensor, t_pad: Tensor) -> tuple[Tensor, Tensor]:
+        """(N, Lv, D), (N, Lt, D) with their padding masks -> updated (v, t)."""
+        v_new = self.v_ffn(self.v2t(v, t, t_pad))  # language-conditioned video (Eq. 2.2)
+        if self.t2v is None:
+            return v_new, t
+        return v_new, self.t_ffn(self.t2v(t, v, v_pad))  # video-conditioned text (Eq. 2.3)
+
+
+class SelfAttentionLayer(nn.Module):
+    """The variant: self-attention over the concatenated [video; text] sequence, then an FFN."""
+
+    def __init__(self, cfg: NLQModelConfig, update_text: bool = True) -> None:
+        super().__init__()
+        self.attn = AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout)
+        self.ffn = FeedForward(cfg.hidden, cfg.ffn, cfg.dropout)
+
+    def forward(self, v: Tensor, t: Tensor, v_pad: Tensor, t_pad: Tensor) -> tuple[Tensor, Tensor]:
+        """Same interface as :class:`CoAttentionLayer`."""
+        lv = v.shape[1]
+        x = torch.cat([v, t], dim=1)  # (N, Lv + Lt, D)
+        pad = torch.cat([v_pad, t_pad], dim=1)  # (N, Lv + Lt)
+        x = self.ffn(self.attn(x, x, pad))
+        return x[:, :lv], x[:, lv:]
+
+
+class TokenTextEncoder(nn.Module):
+    """Trainable text encoder over BPE token ids, for users without CLIP weights.
+
+    Token embedding + learned positions + a small transformer encoder.
+    """
+
+    def __init__(self, cfg: NLQModelConfig) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=0)
+        self.pos = nn.Parameter(torch.zeros(cfg.max_text_len, cfg.hidden))
+        nn.init.normal_(self.pos, std=0.02)
+        self.layers = nn.ModuleList(
+            nn.ModuleList([AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout),
+                           FeedForward(cfg.hidden, cfg.ffn, cfg.dropout)])
+            for _ in range(cfg.text_encoder_layers)
+        )  # fmt: skip
+
+    def forward(self, ids: Tensor, pad: Tensor) -> Tensor:
+        """(B, Lt) ids, (B, Lt) padding -> (B, Lt, D)."""
+        x = self.embed(ids) + self.pos[: ids.shape[1]]
+        for attn, ffn in self.layers:
+            x = ffn(attn(x, x, pad))
+        return x
+
+
+class ConvBlock(nn.Module):
+    """Pre-norm residual depthwise-separable 1-d convolution (kernel 7), as VSLNet's feature encoder."""
+
+    def __init__(self, dim: int, dropout: float, kernel: int = 7) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
+        self.pointwise = nn.Conv1d(dim, dim, 1)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """(B, L, D) -> (B, L, D); padded bins are zeroed before the convolution."""
+        h = self.norm(x).masked_fill(pad[..., None], 0.0)
+        h = rearrange(h, "b l d -> b d l")  # (B, D, L) for Conv1d
+        h = rearrange(self.pointwise(F.gelu(self.depthwise(h))), "b d l -> b l d")  # (B, L, D)
+        return x + self.drop(h)
+
+
+class SpanEncoder(nn.Module):
+    """VSLNet's shared feature encoder: learned positions, conv blocks, one self-attention block."""
+
+    def __init__(self, cfg: NLQModelConfig) -> None:
+        super().__init__()
+        self.pos = nn.Parameter(torch.zeros(cfg.max_video_len, cfg.hidden))
+        nn.init.normal_(self.pos, std=0.02)
+        self.convs = nn.ModuleList(ConvBlock(cfg.hidden, cfg.dropout) for _ in range(cfg.span_layers))
+        self.attn = AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout)
+
+    def forward(self, x: Tensor, pad: Tensor) -> Tensor:
+        """(B, L, D) -> (B, L, D)."""
+        if x.shape[1] > self.pos.shape[0]:
+            raise ValueError(
+                f"SpanEncoder: {x.shape[1]} video bins exceed max_video_len={self.pos.shape[0]}; pool the "
+                "clip (Ego4DNLQDataModule(max_video_len=...)) or raise the model's max_video_len"
+            )
+        x = x + self.pos[: x.shape[1]]
+        for conv in self.convs:
+            x = conv(x, pad)
+        return self.attn(x, x, pad)
+
+
+class ConditionedSpanPredictor(nn.Module):
+    """VSLNet's conditioned span predictor (Eq. 2.10): h_s = Enc(C), h_e = Enc(h_s), logits from [h; C]."""
+
+    def __init__(self, cfg: NLQModelConfig) -> None:
+        super().__init__()
+        self.encoder = SpanEncoder(cfg)
+        self.start_head = nn.Sequential(
+            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1)
+        )
+        self.end_head = nn.Sequential(
+            nn.Linear(2 * cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1)
+        )
+
+    def forward(self, c: Tensor, pad: Tensor) -> tuple[Tensor, Tensor]:
+        """(B, L, D) -> start and end logits (B, L), −inf at padding."""
+        h_s = self.encoder(c, pad)
+        h_e = self.encoder(h_s, pad)
+        start = self.start_head(torch.cat([h_s, c], dim=-1)).squeeze(-1)  # (B, L)
+        end = self.end_head(torch.cat([h_e, c], dim=-1)).squeeze(-1)  # (B, L)
+        neg = torch.finfo(start.dtype).min
+        return start.masked_fill(pad, neg), end.masked_fill(pad, neg)
+
+
+class NilPredictionModule(nn.Module):
+    """Segment confidence (Eq. 2.4): w = softmax(Conv1x1(C_k)), A_k = Σ w·c, S = σ(FFN(A_k))."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.pool = nn.Linear(dim, 1)  # a 1×1 convolution over the sequence
+        self.score = nn.Linear(dim, 1)
+
+    def forward(self, c: Tensor, pad: Tensor) -> Tensor:
+        """(N, l, D), (N, l) padding -> (N,) probabilities (0 for all-padding segments)."""
+        logits = self.pool(c).squeeze(-1).masked_fill(pad, float("-inf"))  # (N, l)
+        empty = pad.all(dim=1)
+        w = torch.softmax(logits.masked_fill(empty[:, None], 0.0), dim=1)  # (N, l)
+        pooled = torch.einsum("nl,nld->nd", w, c)  # (N, D)
+        return torch.sigmoid(self.score(pooled).squeeze(-1)).masked_fill(empty, 0.0)
+
+
+class NLQModel(nn.Module):
+    """Multi-scale cross-modal transformer with NPM and span / highlight / saliency / contrastive heads."""
+
+    def __init__(self, cfg: NLQModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.video_proj = InputProjection(cfg.video_dim, cfg.hidden, cfg.input_dropout)
+        if cfg.text_dim > 0:
+            self.text_proj = InputProjection(cfg.text_dim, cfg.hidden, cfg.input_dropout)
+            self.text_encoder = None
+        else:
+            self.text_proj = None
+            self.text_encoder = TokenTextEncoder(cfg)
+        layer = CoAttentionLayer if cfg.attention == "cross" else SelfAttentionLayer
+        self.layers = nn.ModuleList(
+            layer(cfg, update_text=i < cfg.num_layers - 1) for i in range(cfg.num_layers)
+        )
+        self.npm = NilPredictionModule(cfg.hidden)
+        self.span = ConditionedSpanPredictor(cfg)
+        self.highlight = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.saliency = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))
+        self.video_contrast = nn.Linear(cfg.hidden, cfg.contrast_dim)
+        self.text_contrast = nn.Linear(cfg.hidden, cfg.contrast_dim)
+
+    def encode_text(self, text: Tensor, text_pad: Tensor) -> Tensor:
+        """Token ids (B, Lt) or token features (B, Lt, Dt) -> (B, Lt, D)."""
+        if self.text_encoder is not None:
+            if text.ndim != 2 or text.dtype != torch.long:
+                raise ValueError(
+                    f"NLQModel: built for token ids (text_dim=0) but got text {tuple(text.shape)} "
+                    f"{text.dtype}; set text_dim to the feature width for precomputed text features"
+                )
+            return self.text_encoder(text, text_pad)
+        if text.ndim != 3 or text.shape[-1] != self.cfg.text_dim:
+            raise ValueError(
+                f"NLQModel: expected text features (B, Lt, {self.cfg.text_dim}), got {tuple(text.shape)}"
+            )
+        return self.text_proj(text)
+
+    def forward(
+        self, video: Tensor, video_pad: Tensor, text: Tensor, text_pad: Tensor, num_segments: int
+    ) -> NLQOutput:
+        """One pass at scale K = ``num_segments``.
+
+        Args:
+            video: (B, Lv, Dv) bins.
+            video_pad: (B, Lv) bool, True = padding.
+            text: (B, Lt) ids or (B, Lt, Dt) features.
+            text_pad: (B, Lt) bool, True = padding.
+            num_segments: K, the number of equal segments the video is split into.
+        """
+        if video.ndim != 3 or video.shape[-1] != self.cfg.video_dim:
+            raise ValueError(
+                f"NLQModel: expected video (B, Lv, {self.cfg.video_dim}), got {tuple(video.shape)}"
+            )
+        lv = video.shape[1]
+        k = max(1, min(num_segments, lv))
+        seg = math.ceil(lv / k)
+        v = self.video_proj(video)  # (B, Lv, D)
+        t = self.encode_text(text, text_pad)  # (B, Lt, D)
+        text_embed = t
+
+        # split into K segments of `seg` bins (the batch is padded to K·seg), positions restart per segment
+        extra = k * seg - lv
+        v = F.pad(v, (0, 0, 0, extra))  # (B, K·seg, D)
+        v_pad = F.pad(video_pad, (0, extra), value=True)  # (B, K·seg)
+        v = rearrange(v, "b (k l) d -> (b k) l d", k=k)  # (B·K, seg, D)
+        v_pad_s = rearrange(v_pad, "b (k l) -> (b k) l", k=k)  # (B·K, seg)
+        v = v + sine_positions(seg, v.shape[-1], v.device, v.dtype)
+        t_rep = repeat(t, "b lt d -> (b k) lt d", k=k)  # (B·K, Lt, D)
+        t_pad_rep = repeat(text_pad, "b lt -> (b k) lt", k=k)  # (B·K, Lt)
+        for layer in self.layers:
+            v, t_rep = layer(v, t_rep, v_pad_s, t_pad_rep)
+        v = v.masked_fill(v_pad_s[..., None], 0.0)
+
+        npm = self.npm(v, v_pad_s)  # (B·K,)
+        c = rearrange(v * npm[:, None, None], "(b k) l d -> b (k l) d", k=k)[:, :lv]  # (B, Lv, D), Eq. 2.6
+        start, end = self.span(c, video_pad)
+        return NLQOutput(
+            start_logits=start,
+            end_logits=end,
+            highlight=self.highlight(c).squeeze(-1),  # (B, Lv)
+            saliency=self.saliency(c).squeeze(-1),  # (B, Lv)
+            npm_scores=rearrange(npm, "(b k) -> b k", k=k),
+            segment_valid=~rearrange(v_pad_s.all(dim=1), "(b k) -> b k", k=k),
+            segment_len=seg,
+            video_proj=F.normalize(self.video_contrast(c), dim=-1),  # (B, Lv, C)
+            text_proj=F.normalize(self.text_contrast(text_embed), dim=-1),  # (B, Lt, C)
+        )
