@@ -19,6 +19,8 @@ _LAZY: dict[str, str] = {
     "fused_leaky_relu": "repsuite.ops",
     "reference_ops": "repsuite.ops",
     "RepsuiteCLI": "repsuite.cli",
+    "NLQModule": "repsuite.nlq",
+    "Ego4DNLQDataModule": "repsuite.nlq",
 }
 _SUBMODULES = ("ops", "cli")
 
@@ -28,6 +30,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from repsuite import cli as cli
     from repsuite import ops as ops
     from repsuite.cli import RepsuiteCLI as RepsuiteCLI
+    from repsuite.nlq import Ego4DNLQDataModule as Ego4DNLQDataModule
+    from repsuite.nlq import NLQModule as NLQModule
     from repsuite.ops import MultiHeadCrossAttention as MultiHeadCrossAttention
     from repsuite.ops import fused_leaky_relu as fused_leaky_relu
     from repsuite.ops import modulated_conv2d as modulated_conv2d

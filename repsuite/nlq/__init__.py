@@ -1,4 +1,4 @@
-"""Ego4D Natural Language Queries (thesis chapter 2): data, official scoring (the model comes next)."""
+"""Ego4D Natural Language Queries (thesis chapter 2): data, model, official scoring."""
 
 from repsuite.nlq.datamodule import Ego4DNLQDataModule
 from repsuite.nlq.evaluation import (
@@ -12,12 +12,14 @@ from repsuite.nlq.evaluation import (
     validate_submission,
 )
 from repsuite.nlq.metrics import NLQRecall, window_iou
+from repsuite.nlq.module import NLQModule
 
 __all__ = [
     "CHALLENGE",
     "SUBMISSION_VERSION",
     "Ego4DNLQDataModule",
     "NLQEvalResult",
+    "NLQModule",
     "NLQRecall",
     "SubmissionError",
     "evaluate_nlq",

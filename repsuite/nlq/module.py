@@ -1,0 +1,217 @@
+"""``NLQModule``: training, official-metric validation and prediction of the NLQ model with Lightning."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor
+
+from repsuite.nlq.data import bins_to_seconds
+from repsuite.nlq.decoding import joint_topk, merge_candidates
+from repsuite.nlq.losses import NLQLoss
+from repsuite.nlq.metrics import NLQRecall
+from repsuite.nlq.model import NLQModel, NLQModelConfig, NLQOutput
+
+__all__ = ["NLQModule"]
+
+
+class NLQModule(LightningModule):
+    """The thesis's NLQ model (chapter 2) as a LightningModule.
+
+    Args:
+        video_dim: video feature width; ``None`` reads it from the DataModule (``video_dim``) at setup.
+        text_dim: precomputed text feature width, 0 for token ids; ``None`` reads it from the DataModule.
+        hidden, num_heads, ffn, num_layers, dropout, input_dropout: model sizes (author: 256, 8, 1024, 3,
+            0.1, 0.5).
+        attention: ``"cross"`` (thesis) or ``"self"`` (Moment-DETR-style variant of Table 2.1).
+        scales: K values; one is drawn per training batch.
+        max_video_len, text_encoder_layers, span_layers, contrast_dim: see :class:`NLQModelConfig`.
+        span_weight, highlight_weight, saliency_weight, npm_weight, contrastive_weight: loss weights (0 turns
+            a term off, e.g. ``contrastive_weight=0`` for "Ours-base").
+        temperature: contrastive τ.
+        lr, weight_decay: AdamW.
+        top_k: windows kept per query.
+        max_span: optional cap on window length in bins.
+        inference_scales: K values pooled at inference (default: ``scales``).
+        deduplicate: drop identical windows when pooling scales.
+        nms_iou: optional temporal NMS threshold when pooling scales.
+    """
+
+    def __init__(
+        self,
+        video_dim: int | None = None,
+        text_dim: int | None = None,
+        hidden: int = 256,
+        num_heads: int = 8,
+        ffn: int = 1024,
+        num_layers: int = 3,
+        dropout: float = 0.1,
+        input_dropout: float = 0.5,
+        attention: Literal["cross", "self"] = "cross",
+        scales: tuple[int, ...] = (2, 3, 4, 5, 6),
+        max_video_len: int = 600,
+        text_encoder_layers: int = 2,
+        span_layers: int = 4,
+        contrast_dim: int = 64,
+        span_weight: float = 1.0,
+        highlight_weight: float = 20.0,
+        saliency_weight: float = 1.0,
+        npm_weight: float = 1.0,
+        contrastive_weight: float = 1.0,
+        temperature: float = 0.07,
+        lr: float = 1e-4,
+        weight_decay: float = 1e-4,
+        top_k: int = 5,
+        max_span: int | None = None,
+        inference_scales: tuple[int, ...] | None = None,
+        deduplicate: bool = False,
+        nms_iou: float | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.model: NLQModel | None = None
+        self.criterion = NLQLoss(
+            span_weight,
+            highlight_weight,
+            saliency_weight,
+            npm_weight,
+            contrastive_weight,
+            temperature=temperature,
+        )
+        self.val_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)
+        self.test_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)
+        if video_dim is not None and text_dim is not None:
+            self._build()
+
+    def _build(self) -> None:
+        h = self.hparams
+        cfg = NLQModelConfig(
+            video_dim=h.video_dim, text_dim=h.text_dim, hidden=h.hidden, num_heads=h.num_heads, ffn=h.ffn,
+            num_layers=h.num_layers, dropout=h.dropout, input_dropout=h.input_dropout, attention=h.attention,
+            scales=tuple(h.scales), text_encoder_layers=h.text_encoder_layers, span_layers=h.span_layers,
+            contrast_dim=h.contrast_dim, max_video_len=h.max_video_len,
+        )  # fmt: skip
+        self.model = NLQModel(cfg)
+
+    def setup(self, stage: str) -> None:
+        """Take missing feature widths from the DataModule (saved into the hyper-parameters) and build."""
+        if self.model is not None:
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        for name in ("video_dim", "text_dim"):
+            if self.hparams[name] is None:
+                if dm is None or not hasattr(dm, name):
+                    raise ValueError(f"NLQModule: `{name}` is not set and the DataModule does not provide it")
+                self.hparams[name] = int(getattr(dm, name))
+        self._build()
+
+    # ----------------------------------------------------------------------------------------- steps
+    def _forward(self, batch: dict[str, Any], k: int) -> NLQOutput:
+        return self.model(
+            batch["video"], batch["video_padding_mask"], batch["text"], batch["text_padding_mask"], k
+        )
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """One K drawn per batch (thesis §2.4.2), all loss terms logged."""
+        scales = list(self.hparams.scales)
+        k = scales[int(torch.randint(len(scales), ()))]
+        terms = self.criterion(self._forward(batch, k), batch)
+        self.log_dict(
+            {f"train/{n}": v for n, v in terms.items() if n != "loss"}, batch_size=len(batch["keys"])
+        )
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=len(batch["keys"]))
+        return terms["loss"]
+
+    def predict_windows(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """Ranked windows in seconds (B, top_k, 2) and scores (B, top_k), pooled over inference scales."""
+        scales = list(self.hparams.inference_scales or self.hparams.scales)
+        cands, scores = [], []
+        for k in scales:
+            out = self._forward(batch, k)
+            s, e, p = joint_topk(
+                out.start_logits,
+                out.end_logits,
+                batch["video_padding_mask"],
+                self.hparams.top_k,
+                self.hparams.max_span,
+            )
+            cands.append(torch.stack([s, e], dim=-1).to(torch.float64))
+            scores.append(p.to(torch.float64))
+        bins, score = merge_candidates(
+            torch.cat(cands, 1),
+            torch.cat(scores, 1),
+            self.hparams.top_k,
+            self.hparams.deduplicate,
+            self.hparams.nms_iou,
+        )
+        n = batch["num_bins"].to(torch.float64)[:, None]
+        windows = bins_to_seconds(bins[..., 0], bins[..., 1], batch["duration"][:, None], n)  # (B, k, 2)
+        return windows, score
+
+    def _eval_step(self, batch: dict[str, Any], metric: NLQRecall, prefix: str) -> None:
+        mid = list(self.hparams.scales)[len(self.hparams.scales) // 2]
+        terms = self.criterion(self._forward(batch, mid), batch)
+        self.log_dict(
+            {f"{prefix}/{n}": v for n, v in terms.items()}, batch_size=len(batch["keys"]), sync_dist=True
+        )
+        windows, scores = self.predict_windows(batch)
+        metric.update(
+            windows,
+            batch["gt_seconds"],
+            query_ids=batch["query_id"],
+            num_windows=(scores >= 0).sum(1).clamp(min=1),
+        )
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Loss terms and the official R@k / mIoU on decoded windows in seconds."""
+        self._eval_step(batch, self.val_metric, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """As validation, on the test split."""
+        self._eval_step(batch, self.test_metric, "test")
+
+    def _log_metric(self, metric: NLQRecall, prefix: str) -> None:
+        scores = metric.compute()
+        self.log_dict(
+            {
+                f"{prefix}/{k}": (100 * v if "IoU" in k or k == "mean_R@1" else v)
+                for k, v in scores.items()
+                if k not in ("missing",)
+            }
+        )
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        """Log R@{1,5} × IoU{0.3,0.5}, mean R@1 and mIoU (×100)."""
+        self._log_metric(self.val_metric, "val")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test scores."""
+        self._log_metric(self.test_metric, "test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        """Submission entries: clip/annotation/query ids, ranked ``predicted_times`` and their ``scores``."""
+        windows, scores = self.predict_windows(batch)
+        entries = []
+        for (clip_uid, ann_uid, qidx), w, s in zip(
+            batch["keys"], windows.tolist(), scores.tolist(), strict=True
+        ):
+            keep = [i for i, v in enumerate(s) if v >= 0] or [0]
+            entries.append(
+                {
+                    "clip_uid": clip_uid,
+                    "annotation_uid": ann_uid,
+                    "query_idx": qidx,
+                    "predicted_times": [w[i] for i in keep],
+                    "scores": [max(s[i], 0.0) for i in keep],
+                }
+            )
+        return entries
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW on all parameters (lr 1e-4, weight decay 1e-4 in the thesis recipe)."""
+        return torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )

@@ -1,0 +1,66 @@
+"""NLQModule through the real CLI on the committed tiny download (tests/data/ego4d_nlq)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from repsuite.cli import run_cli
+from repsuite.nlq import NLQModule, validate_submission
+from repsuite.nlq.evaluation import evaluate_nlq, load_json
+from tests.conftest import ROOT
+
+DEMO = str(ROOT / "configs/nlq/demo.yaml")
+DATA = str(ROOT / "tests/data/ego4d_nlq")
+FAST = [
+    f"--data.root={DATA}",
+    "--trainer.max_epochs=2",
+    "--trainer.check_val_every_n_epoch=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--data.batch_size=4",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+@pytest.mark.parametrize("attention", ["cross", "self"])
+def test_demo_config_fits_and_logs_official_metrics(in_tmp, attention):
+    cli = run_cli(["fit", "--config", DEMO, *FAST, f"--model.attention={attention}"])
+    metrics = cli.trainer.callback_metrics
+    for key in (
+        "train/loss",
+        "train/span",
+        "train/highlight",
+        "train/saliency",
+        "train/npm",
+        "train/contrastive",
+        "val/R@1_IoU0.3",
+        "val/R@1_IoU0.5",
+        "val/R@5_IoU0.3",
+        "val/R@5_IoU0.5",
+        "val/mean_R@1",
+        "val/mIoU",
+    ):
+        assert key in metrics and torch.isfinite(metrics[key]), key
+    assert metrics["val/evaluated"] == 4
+    # feature widths came from the files and are saved for reloading
+    assert cli.model.hparams.video_dim == 24 and cli.model.hparams.text_dim == 0
+    ckpt = next(Path(cli.trainer.log_dir).rglob("*.ckpt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert state["hyper_parameters"]["video_dim"] == 24
+    reloaded = NLQModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert reloaded.model is not None and reloaded.hparams.attention == attention
+
+
+def test_predictions_form_a_valid_submission_scored_like_validation(in_tmp):
+    cli = run_cli(["fit", "--config", DEMO, *FAST])
+    preds = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.val_dataloader())
+    entries = [e for batch in preds for e in batch]
+    sub = {"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": entries}
+    gt = load_json(Path(DATA) / "v2/annotations/nlq_val.json")
+    validate_submission(sub, gt, max_windows=5, require_ordered=True)
+    assert all(len(e["scores"]) == len(e["predicted_times"]) for e in entries)
+    official = evaluate_nlq(sub, gt)
+    logged = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
+    assert logged["val/R@1_IoU0.3"] == pytest.approx(100 * official.recall[(0.3, 1)], abs=1e-4)
+    assert logged["val/mIoU"] == pytest.approx(100 * official.mean_iou, abs=1e-4)
