@@ -26,5 +26,5 @@ def test_config_parses(path: Path, in_tmp, capsys):
     assert exc.value.code == 0, capsys.readouterr().err
     printed = yaml.safe_load(capsys.readouterr().out)
     for key, value in (content.get("trainer") or {}).items():
-        if not isinstance(value, dict):
+        if not isinstance(value, (dict, list)):
             assert printed["trainer"][key] == value, key

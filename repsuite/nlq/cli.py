@@ -1,7 +1,7 @@
 """``repsuite nlq ...``: Ego4D NLQ tools.
 
-Today: ``eval`` (official scoring) and ``synth`` (synthetic data in the official layout). Submission
-writing and ensembling arrive with the NLQ model.
+``eval`` (official scoring), ``submit`` (checkpoint -> challenge submission), ``ensemble`` (merge
+submissions by score) and ``synth`` (synthetic data in the official layout).
 """
 
 from __future__ import annotations
@@ -28,6 +28,19 @@ def _eval(ns: argparse.Namespace) -> int:
     if ns.strict and result.num_missing:
         print(f"Missing: {result.num_missing} ground-truth queries had no prediction")
     print(format_table(result))
+    if ns.random_baseline:
+        from repsuite.nlq.evaluation import random_window_baseline
+
+        chance = evaluate_nlq(
+            random_window_baseline(pred, gt, seed=0),
+            gt,
+            ns.thresholds,
+            ns.topk,
+            strict=ns.strict,
+            source=str(ns.predictions),
+        )
+        print("Random-window baseline (same queries, same window lengths, random places):")
+        print(format_table(chance))
     if ns.json:
         Path(ns.json).write_text(json.dumps(result.as_dict(), indent=2))
     return 0
@@ -46,6 +59,125 @@ def _synth(ns: argparse.Namespace) -> int:
     print(
         f"wrote a synthetic Ego4D NLQ download to {base} (sources: {', '.join(spec.sources)}; "
         f"text features: {spec.text_source})"
+    )
+    return 0
+
+
+def _parse_overrides(extra: list[str]) -> dict[str, object]:
+    """``--data.key=value`` / ``--data.key value`` words -> {key: YAML-parsed value}."""
+    import yaml
+
+    out: dict[str, object] = {}
+    i = 0
+    while i < len(extra):
+        word = extra[i]
+        if not word.startswith("--data."):
+            raise SubmissionError(
+                f"unrecognized argument {word!r} (only --data.<option> overrides are accepted)"
+            )
+        key, sep, value = word[len("--data.") :].partition("=")
+        if not sep:
+            if i + 1 >= len(extra):
+                raise SubmissionError(f"{word}: missing value")
+            value, i = extra[i + 1], i + 1
+        out[key] = yaml.safe_load(value)
+        i += 1
+    return out
+
+
+def _submit(ns: argparse.Namespace, extra: list[str]) -> int:
+    import inspect
+
+    import torch
+    from lightning.pytorch import Trainer
+
+    from repsuite.nlq.datamodule import Ego4DNLQDataModule
+    from repsuite.nlq.evaluation import CHALLENGE, SUBMISSION_VERSION, validate_submission
+    from repsuite.nlq.module import NLQModule
+
+    ckpt = torch.load(ns.checkpoint, map_location="cpu", weights_only=True)
+    data_args = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if not data_args:
+        raise SubmissionError(
+            f"{ns.checkpoint}: no datamodule_hyper_parameters; was it trained with Ego4DNLQDataModule?"
+        )
+    overrides = _parse_overrides(extra)
+    valid = set(inspect.signature(Ego4DNLQDataModule.__init__).parameters) - {"self"}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise SubmissionError(f"unknown data option(s) {unknown}; valid: {sorted(valid)}")
+    data_args.update(overrides)
+    data_args["predict_split"] = ns.split
+    dm = Ego4DNLQDataModule(**{k: v for k, v in data_args.items() if k in valid})
+    model = NLQModule.load_from_checkpoint(ns.checkpoint, map_location="cpu", weights_only=True)
+    trainer = Trainer(
+        accelerator=ns.accelerator,
+        devices=1,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    batches = trainer.predict(model, datamodule=dm)
+    results = [entry for batch in batches for entry in batch]
+    submission = {"version": SUBMISSION_VERSION, "challenge": CHALLENGE, "results": results}
+    validate_submission(
+        submission, max_windows=model.hparams.top_k, require_ordered=True, source=str(ns.output)
+    )
+    Path(ns.output).write_text(json.dumps(submission))
+    print(f"wrote {len(results)} predictions for split '{ns.split}' to {ns.output}")
+    gt_path = dm.base / "annotations" / f"nlq_{ns.split}.json"
+    if ns.split != "test" and gt_path.exists():
+        result = evaluate_nlq(submission, load_json(gt_path), source=str(ns.output))
+        print(f"Evaluated: {result.num_evaluated} / {result.num_gt_queries} instances (official)")
+        print(format_table(result))
+    return 0
+
+
+def _ensemble(ns: argparse.Namespace) -> int:
+    from repsuite.nlq.evaluation import CHALLENGE, SUBMISSION_VERSION, validate_submission
+
+    pooled: dict[tuple, list[tuple[float, list[float]]]] = {}
+    order: list[tuple] = []
+    for path in ns.predictions:
+        sub = load_json(path)
+        for i, entry in enumerate(validate_submission(sub, source=str(path))):
+            scores = entry.get("scores")
+            if not isinstance(scores, list) or len(scores) != len(entry["predicted_times"]):
+                raise SubmissionError(
+                    f"{path}: results[{i}] has no `scores` list matching `predicted_times`; ensembling "
+                    "needs the scores repsuite writes next to each window"
+                )
+            key = (entry["clip_uid"], entry["annotation_uid"], entry["query_idx"])
+            if key not in pooled:
+                pooled[key] = []
+                order.append(key)
+            pooled[key].extend(zip(scores, entry["predicted_times"], strict=True))
+    results = []
+    for key in order:
+        ranked = sorted(pooled[key], key=lambda c: -c[0])
+        if ns.deduplicate:
+            seen, unique = set(), []
+            for score, window in ranked:
+                if tuple(window) not in seen:
+                    seen.add(tuple(window))
+                    unique.append((score, window))
+            ranked = unique
+        ranked = ranked[: ns.top_k]
+        results.append(
+            {
+                "clip_uid": key[0],
+                "annotation_uid": key[1],
+                "query_idx": key[2],
+                "predicted_times": [w for _, w in ranked],
+                "scores": [s for s, _ in ranked],
+            }
+        )
+    Path(ns.output).write_text(
+        json.dumps({"version": SUBMISSION_VERSION, "challenge": CHALLENGE, "results": results})
+    )
+    print(
+        f"merged {len(ns.predictions)} submissions into {len(results)} queries "
+        f"(top {ns.top_k} by score) -> {ns.output}"
     )
     return 0
 
@@ -73,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="count every ground-truth query (missing = miss) and score duplicates once",
     )
     ev.add_argument("--json", metavar="OUT.json", help="also write the scores (x100) as JSON")
+    ev.add_argument(
+        "--random-baseline",
+        action="store_true",
+        help="also score the same windows moved to random places in their clips (chance level)",
+    )
     ev.set_defaults(func=_eval)
 
     sy = sub.add_parser(
@@ -91,14 +228,43 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--max-clip-seconds", type=float, default=120.0)
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
+
+    su = sub.add_parser(
+        "submit",
+        help="predict a split with a checkpoint and write a challenge submission (scores kept)",
+        description="Load CKPT (NLQModule) with the data options saved in it, predict --split, write "
+        "PRED.json in the challenge format (an extra `scores` list per entry, ignored by the official "
+        "scorer) and, for val, print the official table. Override data options with --data.<option>=<value>, "
+        "e.g. --data.root=/other/ego4d.",
+    )
+    su.add_argument("checkpoint", metavar="CKPT")
+    su.add_argument("--split", choices=["val", "test", "train"], default="test")
+    su.add_argument("-o", "--output", required=True, metavar="PRED.json")
+    su.add_argument("--accelerator", default="auto")
+    su.set_defaults(func=_submit, wants_extra=True)
+
+    en = sub.add_parser(
+        "ensemble",
+        help="merge submissions by score (thesis §2.5): pool every window, keep the best top-k",
+        description="Merge ranked windows of several repsuite submissions per query by their scores, as the "
+        "thesis's SlowFast+Omnivore ensemble does, and keep the top K.",
+    )
+    en.add_argument("predictions", nargs="+", metavar="PRED.json")
+    en.add_argument("-o", "--output", required=True, metavar="OUT.json")
+    en.add_argument("--top-k", type=int, default=5)
+    en.add_argument("--deduplicate", action="store_true", help="keep one copy of identical windows")
+    en.set_defaults(func=_ensemble)
     return parser
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``repsuite nlq``; returns the exit code (1 for unreadable or malformed input)."""
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra and not getattr(ns, "wants_extra", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return ns.func(ns)
+        return ns.func(ns, extra) if getattr(ns, "wants_extra", False) else ns.func(ns)
     except (SubmissionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -35,6 +35,7 @@ __all__ = [
     "format_table",
     "ground_truth_index",
     "load_json",
+    "random_window_baseline",
     "temporal_iou",
     "validate_submission",
 ]
@@ -326,3 +327,34 @@ def evaluate_nlq(
     return NLQEvalResult(
         thresholds, top_k, recall, mean_iou, len(per_entry), num_gt, strict, missing, duplicates, per_entry
     )
+
+
+def random_window_baseline(
+    predictions: Mapping[str, Any] | Iterable[Mapping[str, Any]],
+    ground_truth: Mapping[str, Any],
+    seed: int = 0,
+) -> list[dict]:
+    """The same entries with every window moved to a uniformly random place in its clip (same length).
+
+    Scoring this next to the real predictions gives a chance level for exactly the same queries and
+    window lengths.
+    """
+    import random
+
+    rng = random.Random(seed)
+    entries = predictions["results"] if isinstance(predictions, Mapping) else list(predictions)
+    durations = {
+        clip["clip_uid"]: float(clip.get("video_end_sec", 0.0)) - float(clip.get("video_start_sec", 0.0))
+        for video in ground_truth["videos"]
+        for clip in video.get("clips", [])
+    }
+    out = []
+    for entry in entries:
+        duration = durations.get(entry["clip_uid"], 0.0)
+        windows = []
+        for s, e in entry["predicted_times"]:
+            length = min(max(0.0, e - s), duration)
+            start = rng.uniform(0.0, max(0.0, duration - length))
+            windows.append([start, start + length])
+        out.append({**entry, "predicted_times": windows})
+    return out

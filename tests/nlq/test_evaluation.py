@@ -207,3 +207,37 @@ def test_cli_eval_malformed_exits_nonzero_naming_entry(tmp_path, capsys):
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["nlq", "eval", str(gt), str(tmp_path / "absent.json")]) == 1
     assert "absent.json: no such file" in capsys.readouterr().err
+
+
+def test_random_window_baseline_keeps_lengths(tmp_path, capsys):
+    gt = {
+        "videos": [
+            {
+                "clips": [
+                    {
+                        "clip_uid": "A",
+                        "video_start_sec": 10.0,
+                        "video_end_sec": 110.0,
+                        "annotations": [
+                            {
+                                "annotation_uid": "a1",
+                                "language_queries": [{"clip_start_sec": 2.0, "clip_end_sec": 6.0}],
+                            }
+                        ],
+                    }
+                ]
+            }
+        ]
+    }
+    entries = [_entry("A", "a1", 0, [[2.0, 6.0], [50.0, 80.0]])]
+    from repsuite.nlq.evaluation import random_window_baseline
+
+    moved = random_window_baseline(entries, gt, seed=1)[0]["predicted_times"]
+    assert [round(e - s, 6) for s, e in moved] == [4.0, 30.0]
+    assert all(0 <= s and e <= 100.0 for s, e in moved)
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    (tmp_path / "p.json").write_text(json.dumps(_sub(entries)))
+    assert (
+        main(["nlq", "eval", str(tmp_path / "gt.json"), str(tmp_path / "p.json"), "--random-baseline"]) == 0
+    )
+    assert "Random-window baseline" in capsys.readouterr().out

@@ -45,7 +45,7 @@ def test_demo_config_fits_and_logs_official_metrics(in_tmp, attention):
     assert metrics["val/evaluated"] == 4
     # feature widths came from the files and are saved for reloading
     assert cli.model.hparams.video_dim == 24 and cli.model.hparams.text_dim == 0
-    ckpt = next(Path(cli.trainer.log_dir).rglob("*.ckpt"))
+    ckpt = in_tmp / "outputs/nlq_demo/checkpoints/last.ckpt"
     state = torch.load(ckpt, weights_only=True)
     assert state["hyper_parameters"]["video_dim"] == 24
     reloaded = NLQModule.load_from_checkpoint(ckpt, weights_only=True)

@@ -1,0 +1,176 @@
+"""`repsuite nlq submit` and `repsuite nlq ensemble`."""
+
+import json
+import shutil
+
+import pytest
+
+from repsuite.cli import main, run_cli
+from repsuite.nlq.evaluation import evaluate_nlq, load_json, validate_submission
+from tests.conftest import ROOT
+
+DEMO = str(ROOT / "configs/nlq/demo.yaml")
+DATA = ROOT / "tests/data/ego4d_nlq"
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    import os
+
+    work = tmp_path_factory.mktemp("nlq_fit")
+    cwd = os.getcwd()
+    os.chdir(work)  # the demo config writes under outputs/
+    try:
+        run_cli(
+            [
+                "fit",
+                "--config",
+                DEMO,
+                f"--data.root={DATA}",
+                "--trainer.max_epochs=1",
+                f"--trainer.default_root_dir={work}",
+                "--trainer.enable_progress_bar=false",
+                "--trainer.enable_model_summary=false",
+                "--data.batch_size=4",
+                "--trainer.check_val_every_n_epoch=1",
+            ]
+        )
+    finally:
+        os.chdir(cwd)
+    return work / "outputs/nlq_demo/checkpoints/last.ckpt"
+
+
+def test_submit_val_writes_valid_submission_and_prints_table(checkpoint, tmp_path, capsys):
+    out = tmp_path / "pred.json"
+    assert (
+        main(["nlq", "submit", str(checkpoint), "--split", "val", "-o", str(out), "--accelerator", "cpu"])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "Evaluated: 4 / 4 instances" in text and "Rank@1 mIoU@0.3" in text
+    sub = json.loads(out.read_text())
+    gt = load_json(DATA / "v2/annotations/nlq_val.json")
+    validate_submission(sub, gt, max_windows=5, require_ordered=True)
+    assert all("scores" in e for e in sub["results"])
+
+
+def test_submit_test_split_with_root_override(checkpoint, tmp_path, capsys):
+    other = tmp_path / "moved_ego4d"
+    shutil.copytree(DATA, other)
+    out = tmp_path / "test_pred.json"
+    assert (
+        main(
+            [
+                "nlq",
+                "submit",
+                str(checkpoint),
+                "--split",
+                "test",
+                "-o",
+                str(out),
+                "--accelerator",
+                "cpu",
+                f"--data.root={other}",
+            ]
+        )
+        == 0
+    )
+    sub = json.loads(out.read_text())
+    gt = load_json(DATA / "v2/annotations/nlq_test_unannotated.json")
+    validate_submission(sub, gt)
+    assert len(sub["results"]) == 2
+
+
+def test_submit_rejects_unknown_data_option(checkpoint, tmp_path, capsys):
+    code = main(["nlq", "submit", str(checkpoint), "-o", str(tmp_path / "x.json"), "--data.rooot=/x"])
+    assert code == 1 and "unknown data option(s) ['rooot']" in capsys.readouterr().err
+
+
+def _sub(entries):
+    return {"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": entries}
+
+
+def test_ensemble_merges_by_score(tmp_path, capsys):
+    a = _sub(
+        [
+            {
+                "clip_uid": "c",
+                "annotation_uid": "a",
+                "query_idx": 0,
+                "predicted_times": [[0, 1], [2, 3]],
+                "scores": [0.9, 0.2],
+            }
+        ]
+    )
+    b = _sub(
+        [
+            {
+                "clip_uid": "c",
+                "annotation_uid": "a",
+                "query_idx": 0,
+                "predicted_times": [[4, 5], [0, 1]],
+                "scores": [0.5, 0.4],
+            }
+        ]
+    )
+    (tmp_path / "a.json").write_text(json.dumps(a))
+    (tmp_path / "b.json").write_text(json.dumps(b))
+    out = tmp_path / "ens.json"
+    assert (
+        main(
+            [
+                "nlq",
+                "ensemble",
+                str(tmp_path / "a.json"),
+                str(tmp_path / "b.json"),
+                "-o",
+                str(out),
+                "--top-k",
+                "3",
+            ]
+        )
+        == 0
+    )
+    merged = json.loads(out.read_text())["results"][0]
+    assert merged["predicted_times"] == [[0, 1], [4, 5], [0, 1]] and merged["scores"] == [0.9, 0.5, 0.4]
+    assert (
+        main(
+            [
+                "nlq",
+                "ensemble",
+                str(tmp_path / "a.json"),
+                str(tmp_path / "b.json"),
+                "-o",
+                str(out),
+                "--deduplicate",
+            ]
+        )
+        == 0
+    )
+    merged = json.loads(out.read_text())["results"][0]
+    assert merged["predicted_times"] == [[0, 1], [4, 5], [2, 3]]
+    gt = {
+        "videos": [
+            {
+                "clips": [
+                    {
+                        "clip_uid": "c",
+                        "annotations": [
+                            {
+                                "annotation_uid": "a",
+                                "language_queries": [{"clip_start_sec": 4.0, "clip_end_sec": 5.0}],
+                            }
+                        ],
+                    }
+                ]
+            }
+        ]
+    }
+    assert evaluate_nlq(json.loads(out.read_text()), gt, top_k=(1, 5)).recall[(0.5, 5)] == 1.0
+
+
+def test_ensemble_needs_scores(tmp_path, capsys):
+    bare = _sub([{"clip_uid": "c", "annotation_uid": "a", "query_idx": 0, "predicted_times": [[0, 1]]}])
+    (tmp_path / "bare.json").write_text(json.dumps(bare))
+    assert main(["nlq", "ensemble", str(tmp_path / "bare.json"), "-o", str(tmp_path / "o.json")]) == 1
+    assert "results[0] has no `scores` list" in capsys.readouterr().err
