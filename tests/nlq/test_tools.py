@@ -116,37 +116,11 @@ def test_ensemble_merges_by_score(tmp_path, capsys):
     (tmp_path / "a.json").write_text(json.dumps(a))
     (tmp_path / "b.json").write_text(json.dumps(b))
     out = tmp_path / "ens.json"
-    assert (
-        main(
-            [
-                "nlq",
-                "ensemble",
-                str(tmp_path / "a.json"),
-                str(tmp_path / "b.json"),
-                "-o",
-                str(out),
-                "--top-k",
-                "3",
-            ]
-        )
-        == 0
-    )
+    ensemble = ["nlq", "ensemble", str(tmp_path / "a.json"), str(tmp_path / "b.json"), "-o", str(out)]
+    assert main([*ensemble, "--top-k", "3"]) == 0
     merged = json.loads(out.read_text())["results"][0]
     assert merged["predicted_times"] == [[0, 1], [4, 5], [0, 1]] and merged["scores"] == [0.9, 0.5, 0.4]
-    assert (
-        main(
-            [
-                "nlq",
-                "ensemble",
-                str(tmp_path / "a.json"),
-                str(tmp_path / "b.json"),
-                "-o",
-                str(out),
-                "--deduplicate",
-            ]
-        )
-        == 0
-    )
+    assert main([*ensemble, "--deduplicate"]) == 0
     merged = json.loads(out.read_text())["results"][0]
     assert merged["predicted_times"] == [[0, 1], [4, 5], [2, 3]]
     gt = {
