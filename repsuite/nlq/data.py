@@ -43,8 +43,11 @@ def seconds_to_bins(start_sec: float, end_sec: float, duration: float, num_bins:
 
 
 def bins_to_seconds(start: Tensor, end: Tensor, duration: Tensor, num_bins: Tensor) -> Tensor:
-    """Inclusive bin pairs (..., ) -> windows in seconds (..., 2): [start·d/N, (end+1)·d/N]."""
-    step = (duration / num_bins).unsqueeze(-1) if duration.ndim < start.ndim else duration / num_bins
+    """Inclusive bin pairs -> windows in seconds (..., 2): [start·d/N, (end+1)·d/N].
+
+    ``duration`` and ``num_bins`` must broadcast against ``start`` (e.g. (B, 1) against (B, k)).
+    """
+    step = duration / num_bins
     return torch.stack([start * step, (end + 1) * step], dim=-1)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
@@ -103,8 +104,6 @@ class Ego4DNLQDataModule(LightningDataModule):
         first = next(iter(sorted(folder.glob("*.pt"))), None)
         if first is None:
             raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
-        import torch
-
         return int(torch.load(first, map_location="cpu", weights_only=True, mmap=True).shape[-1])
 
     def dataset(self, split: str) -> Ego4DNLQDataset:

@@ -1,6 +1,7 @@
 """The thesis's multi-scale cross-modal transformer for Ego4D NLQ (chapter 2, Fig. 2.4), plain PyTorch.
 
-Data flow for a batch of B clips with Lv video bins and Lt text tokens::
+Data flow for a batch of B clips with Lv video bins and Lt text tokens (K is a forward argument; the
+LightningModule draws it per training batch and pools over several K at inference)::
 
     video (B, Lv, Dv) ──proj──▶ V (B, Lv, D) ─┐ split into K segments of l = ceil(Lv / K) bins
     text  (B, Lt[, Dt]) ─enc/proj─▶ T (B, Lt, D)  (K drawn from {2..6} per batch in training)
@@ -45,7 +46,6 @@ class NLQModelConfig:
         dropout: dropout inside the cross-modal layers.
         input_dropout: dropout inside the input projections (0.5 in the release).
         attention: ``"cross"`` (the thesis) or ``"self"`` (the Moment-DETR-style variant).
-        scales: K values drawn per training batch; inference pools over all of them.
         text_encoder_layers: transformer layers of the token-id text encoder.
         span_layers: conv blocks of the conditioned span predictor's shared encoder.
         contrast_dim: projection width of the frame-level contrastive loss (64 in the release).
@@ -62,7 +62,6 @@ class NLQModelConfig:
     dropout: float = 0.1
     input_dropout: float = 0.5
     attention: Literal["cross", "self"] = "cross"
-    scales: tuple[int, ...] = (2, 3, 4, 5, 6)
     text_encoder_layers: int = 2
     span_layers: int = 4
     contrast_dim: int = 64

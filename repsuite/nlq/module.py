@@ -90,7 +90,7 @@ class NLQModule(LightningModule):
         cfg = NLQModelConfig(
             video_dim=h.video_dim, text_dim=h.text_dim, hidden=h.hidden, num_heads=h.num_heads, ffn=h.ffn,
             num_layers=h.num_layers, dropout=h.dropout, input_dropout=h.input_dropout, attention=h.attention,
-            scales=tuple(h.scales), text_encoder_layers=h.text_encoder_layers, span_layers=h.span_layers,
+            text_encoder_layers=h.text_encoder_layers, span_layers=h.span_layers,
             contrast_dim=h.contrast_dim, max_video_len=h.max_video_len,
         )  # fmt: skip
         self.model = NLQModel(cfg)
@@ -124,12 +124,14 @@ class NLQModule(LightningModule):
         self.log("train/loss", terms["loss"], prog_bar=True, batch_size=len(batch["keys"]))
         return terms["loss"]
 
-    def predict_windows(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    def predict_windows(
+        self, batch: dict[str, Any], outputs: dict[int, NLQOutput] | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Ranked windows in seconds (B, top_k, 2) and scores (B, top_k), pooled over inference scales."""
         scales = list(self.hparams.inference_scales or self.hparams.scales)
         cands, scores = [], []
         for k in scales:
-            out = self._forward(batch, k)
+            out = outputs[k] if outputs and k in outputs else self._forward(batch, k)
             s, e, p = joint_topk(
                 out.start_logits,
                 out.end_logits,
@@ -152,11 +154,12 @@ class NLQModule(LightningModule):
 
     def _eval_step(self, batch: dict[str, Any], metric: NLQRecall, prefix: str) -> None:
         mid = list(self.hparams.scales)[len(self.hparams.scales) // 2]
-        terms = self.criterion(self._forward(batch, mid), batch)
+        out = self._forward(batch, mid)
+        terms = self.criterion(out, batch)
         self.log_dict(
             {f"{prefix}/{n}": v for n, v in terms.items()}, batch_size=len(batch["keys"]), sync_dist=True
         )
-        windows, scores = self.predict_windows(batch)
+        windows, scores = self.predict_windows(batch, {mid: out})  # reuse the loss pass at K = mid
         metric.update(
             windows,
             batch["gt_seconds"],

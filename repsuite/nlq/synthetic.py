@@ -152,7 +152,7 @@ def _make_clip(rng, g, spec, split, video_uid, ci, start, end, n_rows, feats, si
         j0 = rng.randrange(0, max(1, n - length))
         j1 = min(n - 1, j0 + length - 1)
         for name, tensor in feats.items():
-            tensor[row0 + j0 : row0 + j1 + 1] += spec.signal * signatures[name][obj] / math.sqrt(1.0)
+            tensor[row0 + j0 : row0 + j1 + 1] += spec.signal * signatures[name][obj]
         events.append((obj, j0, j1))
     queries = []
     for obj, j0, j1 in rng.sample(events, min(spec.queries_per_clip, len(events))):
