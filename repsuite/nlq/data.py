@@ -15,6 +15,7 @@ normalised as the official VSLNet preparation does) or as precomputed token feat
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -32,6 +33,7 @@ from repsuite.nlq.features import ROWS_PER_SEC, FeatureError, FeatureSource, con
 __all__ = ["Ego4DNLQDataset", "NLQSample", "bins_to_seconds", "collate_nlq", "seconds_to_bins"]
 
 TextMode = Literal["tokens", "features"]
+log = logging.getLogger(__name__)
 
 
 def seconds_to_bins(start_sec: float, end_sec: float, duration: float, num_bins: int) -> tuple[int, int]:
@@ -130,6 +132,70 @@ class Ego4DNLQDataset(Dataset):
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return rows
+
+    def check_files(self, skip_missing: bool = False) -> dict[str, int]:
+        """Check every clip's feature files (and text files) before training, not in the middle of an epoch.
+
+        Args:
+            skip_missing: drop (and count) the queries whose files are missing or malformed instead of
+                raising; meant for training data.
+
+        Returns:
+            counts of dropped queries by reason (empty when nothing was dropped).
+
+        Raises:
+            FeatureError: listing the first problems and how many clips/queries they affect.
+        """
+        problems: dict[str, str] = {}  # clip_uid -> message
+        for clip_uid in sorted({q.clip_uid for q in self.queries}):
+            clip = self.annotations.clips[clip_uid]
+            try:
+                rows = {
+                    s.name: s.clip_num_rows(
+                        clip_uid, clip.video_uid, clip.video_start_sec, clip.video_end_sec
+                    )
+                    for s in self.sources
+                }
+                if max(rows.values()) - min(rows.values()) > 1:
+                    raise FeatureError(
+                        f"clip {clip_uid}: feature sources disagree on the number of rows {rows}; they must "
+                        "describe the same windows (row counts may differ by at most one)"
+                    )
+            except FeatureError as err:
+                problems[clip_uid] = str(err)
+        text_missing: list[NLQQuery] = []
+        if self.text_mode == "features":
+            text_missing = [
+                q
+                for q in self.queries
+                if not (self.text_dir / f"{q.annotation_uid}_{q.query_idx}.pt").exists()
+            ]
+        bad = [q for q in self.queries if q.clip_uid in problems]
+        if not problems and not text_missing:
+            return {}
+        if not skip_missing:
+            lines = [
+                *list(problems.values())[:5],
+                *[
+                    f"{self.text_dir / f'{q.annotation_uid}_{q.query_idx}.pt'}: text feature file not found"
+                    for q in text_missing[:5]
+                ],
+            ]
+            raise FeatureError(
+                f"{self.annotations.path}: {len(problems)} clip(s) with feature problems ({len(bad)} "
+                f"queries) and {len(text_missing)} missing text feature file(s); first ones:\n  "
+                + "\n  ".join(lines)
+            )
+        drop = {id(q) for q in bad} | {id(q) for q in text_missing}
+        self.queries = [q for q in self.queries if id(q) not in drop]
+        counts = {
+            "missing or malformed video features": len(bad),
+            "missing text features": len({id(q) for q in text_missing} - {id(q) for q in bad}),
+        }
+        for message in list(problems.values())[:5]:
+            log.warning("%s (queries skipped)", message)
+        log.warning("%s: skipped %s; %d queries remain", self.annotations.path, counts, len(self.queries))
+        return counts
 
     def random_clip_rows(self) -> Tensor:
         """Rows of a random clip of this dataset (the donor clip for video splicing)."""

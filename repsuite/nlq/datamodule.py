@@ -128,6 +128,10 @@ class Ego4DNLQDataModule(LightningDataModule):
                 temporal_position=self.hparams.temporal_position,
                 transform=transform,
             )
+            # fail (val/test/predict) or skip with counts (train) now, not in the middle of an epoch
+            skipped = self.datasets[split].check_files(skip_missing=train)
+            if skipped:
+                rank_zero_info(f"[Ego4DNLQDataModule] {split}: skipped {skipped}")
         return self.datasets[split]
 
     def train_transform(self) -> Compose | None:

@@ -101,6 +101,7 @@ class FeatureSource:
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
+        self._rows: dict[Path, int] = {}
         if not self.root.is_dir():
             raise FeatureError(f"{self.root}: feature folder for source '{self.name}' does not exist")
         self._dim: int | None = None
@@ -121,6 +122,28 @@ class FeatureSource:
         if clip_file.exists():
             return clip_file, True
         return self.root / f"{video_uid}.pt", False
+
+    def clip_num_rows(
+        self, clip_uid: str, video_uid: str, video_start_sec: float, video_end_sec: float
+    ) -> int:
+        """How many rows the clip gets from this source, reading only the file header (memory map).
+
+        Raises:
+            FeatureError: missing or malformed file, or a clip outside the video's rows.
+        """
+        path, per_clip = self.path_for(clip_uid, video_uid)
+        if not path.exists():
+            raise FeatureError(
+                f"{self.root}: neither {clip_uid}.pt (per clip) nor {video_uid}.pt (per video) exists for "
+                f"clip {clip_uid} (source '{self.name}')"
+            )
+        if path not in self._rows:
+            self._rows[path] = int(_load_2d(path).shape[0])
+        n = self._rows[path]
+        if per_clip:
+            return n
+        start, stop = clip_row_range(video_start_sec, video_end_sec, n)
+        return stop - start
 
     def clip_features(
         self, clip_uid: str, video_uid: str, video_start_sec: float, video_end_sec: float

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from repsuite.nlq.datamodule import Ego4DNLQDataModule
 from repsuite.nlq.features import FeatureError
@@ -87,3 +88,40 @@ def test_datamodule_is_reachable_from_the_cli(in_tmp, capsys):
     assert exc.value.code == 0
     out = capsys.readouterr().out
     assert "Ego4DNLQDataModule" in out and "max_video_len: 600" in out and "clip_vitb16" in out
+
+
+def test_missing_feature_files_fail_early_or_are_skipped_with_counts(tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    val_video = sorted((root / "v2/slowfast8x8_r101_k400").glob("val-*.pt"))[0]
+    train_video = sorted((root / "v2/slowfast8x8_r101_k400").glob("train-*.pt"))[0]
+    val_video.unlink()
+    train_video.unlink()
+    dm = Ego4DNLQDataModule(str(root), features=FEATS)
+    with pytest.raises(FeatureError, match=r"nlq_val.json: 1 clip\(s\) with feature problems \(2 queries\)"):
+        dm.setup("validate")  # evaluation data must be complete: fail before the first batch
+    with caplog.at_level("WARNING"):
+        ds = dm.dataset("train")
+    assert len(ds) == 6 and all(q.video_uid != train_video.stem for q in ds.queries)
+    assert "neither" in caplog.text and "skipped" in caplog.text
+    for i in range(len(ds)):  # no crash in the middle of an epoch
+        ds[i]
+
+
+def test_row_mismatch_is_found_before_training(tmp_path):
+    import shutil
+
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    import json
+
+    val = json.loads((root / "v2/annotations/nlq_val.json").read_text())
+    clip_uid = val["videos"][0]["clips"][0]["clip_uid"]
+    torch.save(
+        torch.randn(5, 8), root / f"v2/clip_vitb16/{clip_uid}.pt"
+    )  # a per-clip file that does not align
+    dm = Ego4DNLQDataModule(str(root), features=FEATS)
+    with pytest.raises(FeatureError, match="disagree on the number of rows"):
+        dm.setup("validate")
