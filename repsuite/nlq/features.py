@@ -117,11 +117,21 @@ class FeatureSource:
         return self._dim
 
     def path_for(self, clip_uid: str, video_uid: str) -> tuple[Path, bool]:
-        """The file holding a clip's rows and whether it is a per-clip file."""
+        """The file holding a clip's rows and whether it is a per-clip file.
+
+        Raises:
+            FeatureError: when neither ``<clip_uid>.pt`` nor ``<video_uid>.pt`` exists.
+        """
         clip_file = self.root / f"{clip_uid}.pt"
         if clip_file.exists():
             return clip_file, True
-        return self.root / f"{video_uid}.pt", False
+        video_file = self.root / f"{video_uid}.pt"
+        if not video_file.exists():
+            raise FeatureError(
+                f"{self.root}: neither {clip_uid}.pt (per clip) nor {video_uid}.pt (per video) exists for "
+                f"clip {clip_uid} (source '{self.name}')"
+            )
+        return video_file, False
 
     def clip_num_rows(
         self, clip_uid: str, video_uid: str, video_start_sec: float, video_end_sec: float
@@ -132,11 +142,6 @@ class FeatureSource:
             FeatureError: missing or malformed file, or a clip outside the video's rows.
         """
         path, per_clip = self.path_for(clip_uid, video_uid)
-        if not path.exists():
-            raise FeatureError(
-                f"{self.root}: neither {clip_uid}.pt (per clip) nor {video_uid}.pt (per video) exists for "
-                f"clip {clip_uid} (source '{self.name}')"
-            )
         if path not in self._rows:
             self._rows[path] = int(_load_2d(path).shape[0])
         n = self._rows[path]
@@ -150,11 +155,6 @@ class FeatureSource:
     ) -> Tensor:
         """(n, D) float32 rows of one clip."""
         path, per_clip = self.path_for(clip_uid, video_uid)
-        if not path.exists():
-            raise FeatureError(
-                f"{self.root}: neither {clip_uid}.pt (per clip) nor {video_uid}.pt (per video) exists for "
-                f"clip {clip_uid} (source '{self.name}')"
-            )
         t = _load_2d(path)
         if self._dim is not None and t.shape[1] != self._dim:
             raise FeatureError(f"{path}: dim {t.shape[1]} differs from the source's {self._dim}")
