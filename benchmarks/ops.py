@@ -14,8 +14,9 @@ Cases (from the thesis and issue #2):
 * NLQ co-attention, B=32, Lv=600, Lt=32, D=256, 8 heads: video→text plus text→video (Eq. 2.2–2.3), and
   the self-attention baseline over the concatenated 632 rows (Moment-DETR, Eq. 2.1);
 * long video, B=1, Lv=6,750 (an hour) and 100,000: the same pair. A 100,032-row self-attention is O(L²):
-  its reference path needs B·H·L²·4 bytes per score tensor (320 GB) and its fast path ~11 minutes on
-  this machine, so both are reported as estimates unless ``--run-100k-self`` is given;
+  its reference path needs B·H·L²·4 bytes per score tensor (320 GB), so it is always extrapolated from the
+  6,750-row run; its fast path takes ~8 minutes per forward+backward here, so it is extrapolated too
+  unless ``--run-100k-self`` is given;
 * StyleGAN2-512 modulated convolutions, B=4, 3×3, demodulated: 512 ch at 32 px, 256 ch at 128 px,
   64 ch at 512 px, and the 512 ch 2× upsampling conv; variants fast (auto), grouped-only, scaled-only
   and the per-sample reference loop;
