@@ -49,6 +49,11 @@ TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq",)
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
+#: Values a DataModule reads from its data (feature widths) that the model needs: linked from
+#: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so no config types them by
+#: hand. The link is skipped for DataModules without the attribute.
+LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim")
+
 
 def _import_task_classes() -> None:
     """Import every LightningModule/DataModule repsuite ships so configs can name them by class name."""
@@ -108,6 +113,11 @@ class RepsuiteCLI(LightningCLI):
         """Parsers refuse abbreviated options: ``--trainer.max_epoch`` must not mean ``max_epochs``."""
         kwargs.setdefault("allow_abbrev", False)
         return super().init_parser(**kwargs)
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        """Link data-derived sizes (:data:`LINKED_FROM_DATA`) into the model's constructor."""
+        for name in LINKED_FROM_DATA:
+            parser.link_arguments(f"data.{name}", f"model.init_args.{name}", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
         """Make a configured W&B logger work without an API key (offline) before it is built."""

@@ -21,8 +21,9 @@ class NLQModule(LightningModule):
     """The thesis's NLQ model (chapter 2) as a LightningModule.
 
     Args:
-        video_dim: video feature width; ``None`` reads it from the DataModule (``video_dim``) at setup.
-        text_dim: precomputed text feature width, 0 for token ids; ``None`` reads it from the DataModule.
+        video_dim: video feature width. The CLI links it from ``Ego4DNLQDataModule.video_dim`` (read from
+            the feature files); ``None`` (Python use) reads it from the trainer's DataModule at setup.
+        text_dim: precomputed text feature width, 0 for token ids; linked / read like ``video_dim``.
         hidden, num_heads, ffn, num_layers, dropout, input_dropout: model sizes (author: 256, 8, 1024, 3,
             0.1, 0.5).
         attention: ``"cross"`` (thesis) or ``"self"`` (Moment-DETR-style variant of Table 2.1).

@@ -125,3 +125,24 @@ def test_row_mismatch_is_found_before_training(tmp_path):
     dm = Ego4DNLQDataModule(str(root), features=FEATS)
     with pytest.raises(FeatureError, match="disagree on the number of rows"):
         dm.setup("validate")
+
+
+def test_cli_links_feature_widths_into_the_model(in_tmp):
+    from repsuite.cli import run_cli
+    from repsuite.nlq import NLQModule
+
+    cli = run_cli(
+        [
+            "--model",
+            "NLQModule",
+            "--data",
+            "Ego4DNLQDataModule",
+            f"--data.root={DATA}",
+            "--data.features=[slowfast8x8_r101_k400, clip_vitb16]",
+            "--data.temporal_position=true",
+        ],
+        run=False,
+    )
+    assert isinstance(cli.model, NLQModule)
+    assert cli.model.hparams.video_dim == 26 and cli.model.hparams.text_dim == 0
+    assert cli.model.model is not None  # built at construction: the widths came from the files
