@@ -50,6 +50,9 @@ class NLQModelConfig:
         span_layers: conv blocks of the conditioned span predictor's shared encoder.
         contrast_dim: projection width of the frame-level contrastive loss (64 in the release).
         max_video_len: longest video the span predictor's learned positions cover.
+        max_text_len: longest token sequence of the token-id text encoder (open_clip's 77).
+        npm_normalize: divide segment scores by the clip's largest score before re-weighting (Eq. 2.6);
+            the author's release re-weights with the raw scores (off).
     """
 
     video_dim: int
@@ -67,6 +70,7 @@ class NLQModelConfig:
     contrast_dim: int = 64
     max_video_len: int = 600
     max_text_len: int = 77
+    npm_normalize: bool = False
 
 
 @dataclass
@@ -363,7 +367,11 @@ class NLQModel(nn.Module):
         v = v.masked_fill(v_pad_s[..., None], 0.0)
 
         npm = self.npm(v, v_pad_s)  # (B·K,)
-        c = rearrange(v * npm[:, None, None], "(b k) l d -> b (k l) d", k=k)[:, :lv]  # (B, Lv, D), Eq. 2.6
+        weight = npm
+        if self.cfg.npm_normalize:  # Eq. 2.6: S̄_k = S_k / max(S)
+            per_clip = rearrange(npm, "(b k) -> b k", k=k)
+            weight = rearrange(per_clip / per_clip.amax(dim=1, keepdim=True).clamp(min=1e-6), "b k -> (b k)")
+        c = rearrange(v * weight[:, None, None], "(b k) l d -> b (k l) d", k=k)[:, :lv]  # (B, Lv, D)
         start, end = self.span(c, video_pad)
         return NLQOutput(
             start_logits=start,

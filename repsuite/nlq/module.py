@@ -28,7 +28,8 @@ class NLQModule(LightningModule):
             0.1, 0.5).
         attention: ``"cross"`` (thesis) or ``"self"`` (Moment-DETR-style variant of Table 2.1).
         scales: K values; one is drawn per training batch.
-        max_video_len, text_encoder_layers, span_layers, contrast_dim: see :class:`NLQModelConfig`.
+        max_video_len, text_encoder_layers, span_layers, contrast_dim, npm_normalize: see
+            :class:`NLQModelConfig`.
         span_weight, highlight_weight, saliency_weight, npm_weight, contrastive_weight: loss weights (0 turns
             a term off, e.g. ``contrastive_weight=0`` for "Ours-base").
         temperature: contrastive τ.
@@ -56,6 +57,7 @@ class NLQModule(LightningModule):
         text_encoder_layers: int = 2,
         span_layers: int = 4,
         contrast_dim: int = 64,
+        npm_normalize: bool = False,
         span_weight: float = 1.0,
         highlight_weight: float = 20.0,
         saliency_weight: float = 1.0,
@@ -92,7 +94,7 @@ class NLQModule(LightningModule):
             video_dim=h.video_dim, text_dim=h.text_dim, hidden=h.hidden, num_heads=h.num_heads, ffn=h.ffn,
             num_layers=h.num_layers, dropout=h.dropout, input_dropout=h.input_dropout, attention=h.attention,
             text_encoder_layers=h.text_encoder_layers, span_layers=h.span_layers,
-            contrast_dim=h.contrast_dim, max_video_len=h.max_video_len,
+            contrast_dim=h.contrast_dim, max_video_len=h.max_video_len, npm_normalize=h.npm_normalize,
         )  # fmt: skip
         self.model = NLQModel(cfg)
 

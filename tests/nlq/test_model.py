@@ -93,3 +93,14 @@ def test_text_changes_the_answer():
 def test_sine_positions():
     p = sine_positions(10, 8, torch.device("cpu"), torch.float32)
     assert p.shape == (10, 8) and torch.all(p.abs() <= 1)
+
+
+def test_npm_normalisation_scales_segments_by_the_best_one():
+    torch.manual_seed(0)
+    video, vpad, text, tpad = _batch()
+    raw = NLQModel(NLQModelConfig(video_dim=24, **SMALL)).eval()
+    norm = NLQModel(NLQModelConfig(video_dim=24, npm_normalize=True, **SMALL)).eval()
+    norm.load_state_dict(raw.state_dict())
+    a, b = raw(video, vpad, text, tpad, 3), norm(video, vpad, text, tpad, 3)
+    torch.testing.assert_close(a.npm_scores, b.npm_scores)  # same scores, different re-weighting
+    assert not torch.allclose(a.highlight, b.highlight)
