@@ -28,7 +28,14 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from repsuite.nlq.annotations import NLQAnnotations, NLQQuery, normalize_question
-from repsuite.nlq.features import ROWS_PER_SEC, FeatureError, FeatureSource, concat_sources, pool_to_length
+from repsuite.nlq.features import (
+    ROWS_PER_SEC,
+    FeatureError,
+    FeatureSource,
+    concat_sources,
+    load_feature_file,
+    pool_to_length,
+)
 
 __all__ = ["Ego4DNLQDataset", "NLQSample", "bins_to_seconds", "collate_nlq", "seconds_to_bins"]
 
@@ -165,21 +172,14 @@ class Ego4DNLQDataset(Dataset):
                 problems[clip_uid] = str(err)
         text_missing: list[NLQQuery] = []
         if self.text_mode == "features":
-            text_missing = [
-                q
-                for q in self.queries
-                if not (self.text_dir / f"{q.annotation_uid}_{q.query_idx}.pt").exists()
-            ]
+            text_missing = [q for q in self.queries if not self.text_path(q).exists()]
         bad = [q for q in self.queries if q.clip_uid in problems]
         if not problems and not text_missing:
             return {}
         if not skip_missing:
             lines = [
                 *list(problems.values())[:5],
-                *[
-                    f"{self.text_dir / f'{q.annotation_uid}_{q.query_idx}.pt'}: text feature file not found"
-                    for q in text_missing[:5]
-                ],
+                *[f"{self.text_path(q)}: text feature file not found" for q in text_missing[:5]],
             ]
             raise FeatureError(
                 f"{self.annotations.path}: {len(problems)} clip(s) with feature problems ({len(bad)} "
@@ -202,18 +202,14 @@ class Ego4DNLQDataset(Dataset):
         clip_uids = list(self.annotations.clips)
         return self.clip_rows(clip_uids[int(torch.randint(len(clip_uids), ()))])
 
+    def text_path(self, query: NLQQuery) -> Path:
+        """``<text_dir>/<annotation_uid>_<query_idx>.pt``, the author's release format."""
+        return self.text_dir / f"{query.annotation_uid}_{query.query_idx}.pt"
+
     def text(self, query: NLQQuery) -> Tensor:
         """Token ids (L,) or token features (L, Dt) of a query."""
         if self.text_mode == "features":
-            path = self.text_dir / f"{query.annotation_uid}_{query.query_idx}.pt"
-            try:
-                t = torch.load(path, map_location="cpu", weights_only=True)
-            except FileNotFoundError:
-                raise FeatureError(f"{path}: text feature file not found for query {query.key}") from None
-            if not isinstance(t, Tensor) or t.ndim != 2:
-                got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
-                raise FeatureError(f"{path}: expected (tokens, dim) token features, got {got}")
-            return t.float()
+            return load_feature_file(self.text_path(query), "text feature").float().clone()  # (L, Dt)
         if self._tokenizer is None:
             import open_clip
 

@@ -13,14 +13,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from repsuite.nlq.annotations import load_nlq_annotations
 from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
-from repsuite.nlq.features import FeatureError, FeatureSource
+from repsuite.nlq.features import FeatureError, FeatureSource, load_feature_file
 from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
 
 __all__ = ["SPLIT_FILES", "Ego4DNLQDataModule"]
@@ -104,7 +103,7 @@ class Ego4DNLQDataModule(LightningDataModule):
         first = next(iter(sorted(folder.glob("*.pt"))), None)
         if first is None:
             raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
-        return int(torch.load(first, map_location="cpu", weights_only=True, mmap=True).shape[-1])
+        return int(load_feature_file(first, "text feature").shape[1])
 
     def dataset(self, split: str) -> Ego4DNLQDataset:
         """The dataset of one annotation split (built once)."""

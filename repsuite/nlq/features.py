@@ -37,6 +37,7 @@ __all__ = [
     "FeatureSource",
     "clip_row_range",
     "concat_sources",
+    "load_feature_file",
     "official_num_rows",
     "pool_to_length",
 ]
@@ -71,11 +72,15 @@ def clip_row_range(video_start_sec: float, video_end_sec: float, num_rows: int) 
     return start, last + 1
 
 
-def _load_2d(path: Path) -> Tensor:
+def load_feature_file(path: Path, what: str = "feature") -> Tensor:
+    """Memory-map a (rows, dim) float tensor file; errors name the file and say what was expected.
+
+    ``what`` names the kind of file in messages ("feature", "text feature").
+    """
     try:
         t = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except FileNotFoundError:
-        raise FeatureError(f"{path}: feature file not found") from None
+        raise FeatureError(f"{path}: {what} file not found") from None
     except Exception as err:  # corrupt or not a torch file
         raise FeatureError(f"{path}: cannot be read as a torch tensor file ({err})") from err
     if not isinstance(t, Tensor):
@@ -113,7 +118,7 @@ class FeatureSource:
             first = next(iter(sorted(self.root.glob("*.pt"))), None)
             if first is None:
                 raise FeatureError(f"{self.root}: no .pt feature files for source '{self.name}'")
-            self._dim = int(_load_2d(first).shape[1])
+            self._dim = int(load_feature_file(first).shape[1])
         return self._dim
 
     def path_for(self, clip_uid: str, video_uid: str) -> tuple[Path, bool]:
@@ -143,7 +148,7 @@ class FeatureSource:
         """
         path, per_clip = self.path_for(clip_uid, video_uid)
         if path not in self._rows:
-            self._rows[path] = int(_load_2d(path).shape[0])
+            self._rows[path] = int(load_feature_file(path).shape[0])
         n = self._rows[path]
         if per_clip:
             return n
@@ -155,7 +160,7 @@ class FeatureSource:
     ) -> Tensor:
         """(n, D) float32 rows of one clip."""
         path, per_clip = self.path_for(clip_uid, video_uid)
-        t = _load_2d(path)
+        t = load_feature_file(path)
         if self._dim is not None and t.shape[1] != self._dim:
             raise FeatureError(f"{path}: dim {t.shape[1]} differs from the source's {self._dim}")
         if not per_clip:
