@@ -1,7 +1,8 @@
 """``repsuite nlq ...``: Ego4D NLQ tools.
 
 ``eval`` (official scoring), ``submit`` (checkpoint -> challenge submission), ``ensemble`` (merge
-submissions by score) and ``synth`` (synthetic data in the official layout).
+submissions by score), ``extract-text`` (CLIP token features of the questions, the author's file format)
+and ``synth`` (synthetic data in the official layout).
 """
 
 from __future__ import annotations
@@ -59,6 +60,29 @@ def _synth(ns: argparse.Namespace) -> int:
     print(
         f"wrote a synthetic Ego4D NLQ download to {base} (sources: {', '.join(spec.sources)}; "
         f"text features: {spec.text_source})"
+    )
+    return 0
+
+
+def _extract_text(ns: argparse.Namespace) -> int:
+    import torch
+
+    from repsuite.nlq.annotations import load_nlq_annotations
+    from repsuite.nlq.clip_text import ClipTextTower, cache_text_features
+
+    try:
+        queries = [q for path in ns.annotations for q in load_nlq_annotations(path).queries]
+        tower = ClipTextTower(ns.model, ns.checkpoint, random_init=ns.random_init)
+        device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        counts = cache_text_features(
+            queries, ns.output, tower.to(device), batch_size=ns.batch_size, overwrite=ns.overwrite
+        )
+    except ValueError as err:  # annotation, checkpoint or cache-manifest problems, each naming its file
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(
+        f"{ns.output}: {counts['written']} query feature files written, {counts['cached']} already there "
+        f"({len(queries)} queries, model {tower.model_name}, dim {tower.width})"
     )
     return 0
 
@@ -242,6 +266,32 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("-o", "--output", required=True, metavar="PRED.json")
     su.add_argument("--accelerator", default="auto")
     su.set_defaults(func=_submit, wants_extra=True)
+
+    ex = sub.add_parser(
+        "extract-text",
+        help="CLIP token features of every question: OUT/<annotation_uid>_<query_idx>.pt (author's format)",
+        description="Run a frozen open_clip text tower over the (normalised) questions of NLQ annotation "
+        "files and write the token states after the final LayerNorm, SOT..EOT, one (L, D) float32 file per "
+        "query, plus OUT/manifest.json naming the model and the checkpoint hash. Files already there are "
+        "kept (re-runs are cheap); a folder made by other weights is refused.",
+    )
+    ex.add_argument("annotations", nargs="+", metavar="ANN.json", help="NLQ annotation file(s)")
+    ex.add_argument("-o", "--output", required=True, metavar="DIR")
+    ex.add_argument(
+        "--model",
+        default="ViT-B-16",
+        help="open_clip model name (ViT-B-16-quickgelu for OpenAI's weights) or a model-config .json",
+    )
+    ex.add_argument("--checkpoint", help="local weights file of the model (nothing is downloaded)")
+    ex.add_argument(
+        "--random-init",
+        action="store_true",
+        help="allow random weights (plumbing tests; features meaningless)",
+    )
+    ex.add_argument("--batch-size", type=int, default=256)
+    ex.add_argument("--device", help="default: cuda when available, else cpu")
+    ex.add_argument("--overwrite", action="store_true", help="recompute every file")
+    ex.set_defaults(func=_extract_text)
 
     en = sub.add_parser(
         "ensemble",

@@ -80,7 +80,8 @@ class Ego4DNLQDataset(Dataset):
     Args:
         annotations: a parsed annotation file.
         sources: feature sources, concatenated after per-row L2 normalisation (thesis §2.4.1).
-        text_mode: ``"tokens"`` (open_clip BPE ids) or ``"features"`` (``text_dir`` files).
+        text_mode: ``"tokens"`` (open_clip BPE ids) or ``"features"`` (``text_dir`` files, L2-normalised per
+            token as in the author's release).
         text_dir: folder of ``<annotation_uid>_<query_idx>.pt`` token features (``text_mode="features"``).
         max_video_len: clips longer than this are mean-pooled to this many bins.
         temporal_position: append the 2-d feature (i/N, (i+1)/N) of each bin (the author's release).
@@ -209,7 +210,8 @@ class Ego4DNLQDataset(Dataset):
     def text(self, query: NLQQuery) -> Tensor:
         """Token ids (L,) or token features (L, Dt) of a query."""
         if self.text_mode == "features":
-            return load_feature_file(self.text_path(query), "text feature").float().clone()  # (L, Dt)
+            feats = load_feature_file(self.text_path(query), "text feature").float()  # (L, Dt)
+            return torch.nn.functional.normalize(feats, dim=-1)  # per token, as the author's release
         if self._tokenizer is None:
             import open_clip
 

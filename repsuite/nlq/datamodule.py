@@ -5,7 +5,7 @@ Expected layout (what ``ego4d --output_directory ROOT --datasets annotations <so
 
     ROOT/v2/annotations/nlq_train.json, nlq_val.json, nlq_test_unannotated.json
     ROOT/v2/<source>/<video_uid>.pt     (or <clip_uid>.pt), one folder per entry of ``features``
-    ROOT/v2/<text_features>/<annotation_uid>_<query_idx>.pt   (only with text="features")
+    ROOT/v2/<text_features>/<annotation_uid>_<query_idx>.pt   (text="features", or the text="clip" cache)
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from repsuite.nlq.annotations import load_nlq_annotations
+from repsuite.nlq.clip_text import ClipTextTower, cache_text_features, clip_text_width, default_cache_name
 from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
 from repsuite.nlq.features import FeatureError, FeatureSource, load_feature_file
 from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
@@ -35,8 +36,18 @@ class Ego4DNLQDataModule(LightningDataModule):
         version: release folder, ``"v1"`` or ``"v2"``.
         features: feature source folders under ``root/version``, L2-normalised per row and concatenated in
             this order (thesis: ``[slowfast8x8_r101_k400, <clip frame features>]``).
-        text: ``"tokens"`` (open_clip BPE ids, for the model's own text encoder) or ``"features"``.
-        text_features: folder under ``root/version`` with ``<annotation_uid>_<query_idx>.pt`` files.
+        text: ``"tokens"`` (open_clip BPE ids for the model's own trainable text encoder; needs no weights),
+            ``"features"`` (precomputed ``<annotation_uid>_<query_idx>.pt`` files, the author's release
+            format) or ``"clip"`` (token states of a frozen open_clip text tower, computed once in
+            ``prepare_data`` and cached in that same file format).
+        text_features: folder under ``root/version`` (or an absolute path) with the
+            ``<annotation_uid>_<query_idx>.pt`` files; with ``text="clip"`` the cache folder, by default
+            ``clip_text_<clip_model>``.
+        clip_model: open_clip model name of the frozen text tower (``ViT-B-16`` in the thesis,
+            ``ViT-B-16-quickgelu`` for OpenAI's weights) or a path to an open_clip model-config JSON.
+        clip_checkpoint: local weights file of that model (needed with ``text="clip"``; nothing is
+            downloaded).
+        clip_random_init: accept a randomly initialised tower (plumbing tests only; features are meaningless).
         max_video_len: longer clips are mean-pooled to this many bins (600 in the thesis).
         temporal_position: append the 2-d temporal position feature of the author's release.
         drop_zero_length_train: drop training queries with windows of at most 1/30 s (counted, logged).
@@ -58,8 +69,11 @@ class Ego4DNLQDataModule(LightningDataModule):
         root: str,
         version: Literal["v1", "v2"] = "v2",
         features: list[str] | None = None,
-        text: Literal["tokens", "features"] = "tokens",
+        text: Literal["tokens", "features", "clip"] = "tokens",
         text_features: str | None = None,
+        clip_model: str = "ViT-B-16",
+        clip_checkpoint: str | None = None,
+        clip_random_init: bool = False,
         max_video_len: int = 600,
         temporal_position: bool = False,
         drop_zero_length_train: bool = False,
@@ -81,6 +95,13 @@ class Ego4DNLQDataModule(LightningDataModule):
         self.feature_names = list(features or ["slowfast8x8_r101_k400"])
         if text == "features" and not text_features:
             raise ValueError("Ego4DNLQDataModule: text='features' needs `text_features` (a folder name)")
+        if text == "clip":
+            if clip_checkpoint is None and not clip_random_init:
+                raise ValueError(
+                    "Ego4DNLQDataModule: text='clip' needs `clip_checkpoint` (a local open_clip weights file); "
+                    "a randomly initialised frozen tower is refused unless clip_random_init=True"
+                )
+            self.hparams.text_features = text_features or default_cache_name(clip_model)
         if not (self.base / "annotations").is_dir():
             raise FileNotFoundError(
                 f"{self.base / 'annotations'}: not found; `root` must be the ego4d download folder that "
@@ -97,8 +118,10 @@ class Ego4DNLQDataModule(LightningDataModule):
     @property
     def text_dim(self) -> int:
         """Width of precomputed text features (0 in token mode, where the model embeds the ids)."""
-        if self.hparams.text != "features":
+        if self.hparams.text == "tokens":
             return 0
+        if self.hparams.text == "clip":
+            return clip_text_width(self.hparams.clip_model)
         folder = self.base / self.hparams.text_features
         first = next(iter(sorted(folder.glob("*.pt"))), None)
         if first is None:
@@ -121,7 +144,7 @@ class Ego4DNLQDataModule(LightningDataModule):
             self.datasets[split] = Ego4DNLQDataset(
                 ann,
                 self.sources,
-                text_mode=self.hparams.text,
+                text_mode="tokens" if self.hparams.text == "tokens" else "features",
                 text_dir=text_dir,
                 max_video_len=self.hparams.max_video_len,
                 temporal_position=self.hparams.temporal_position,
@@ -142,6 +165,27 @@ class Ego4DNLQDataModule(LightningDataModule):
         if h.video_splicing:
             steps.append(VideoSplicing(h.splice_prob))
         return Compose(steps) if steps else None
+
+    def prepare_data(self) -> None:
+        """With ``text="clip"``: compute the token states of every query not yet in the cache folder.
+
+        Lightning runs this once per node before ``setup`` (other ranks wait), so DDP ranks never race on
+        the cache. Splits whose annotation file is absent are skipped.
+        """
+        h = self.hparams
+        if h.text != "clip":
+            return
+        files = [self.base / "annotations" / f for f in SPLIT_FILES.values()]
+        queries = [q for f in files if f.exists() for q in load_nlq_annotations(f).queries]
+        out = self.base / h.text_features
+        if (
+            all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
+            and (out / "manifest.json").exists()
+        ):
+            return
+        tower = ClipTextTower(h.clip_model, h.clip_checkpoint, random_init=h.clip_random_init)
+        counts = cache_text_features(queries, out, tower)
+        rank_zero_info(f"[Ego4DNLQDataModule] CLIP text cache {out}: {counts}")
 
     def setup(self, stage: str) -> None:
         """Parse the annotation files the stage needs."""

@@ -1,0 +1,266 @@
+"""Token-level query features from a frozen open_clip text tower, computed once and cached on disk.
+
+The thesis feeds the cross-modal transformer CLIP ViT-B/16 *token* states of the question. The author's
+release ships them as ``<annotation_uid>_<query_idx>.pt`` files of shape (L, 512) without the code that
+made them; the most likely recipe (shared/reference/nlq.md §3.1) is Moment-DETR's: the text transformer's
+last block after the final LayerNorm, no text projection, rows SOT..EOT. :class:`ClipTextTower` computes
+exactly those states through open_clip's public ``forward_intermediates`` and :func:`cache_text_features`
+writes them in the author's file format, so :class:`~repsuite.nlq.data.Ego4DNLQDataset` reads them like the
+released files.
+
+Weights always come from a local file: a state dict (``.pt``/``.pth``/``.bin``, optionally under a
+``state_dict`` key or with a ``module.`` prefix), a ``.safetensors`` file, or OpenAI's TorchScript archive.
+OpenAI's own CLIP weights need the model name ``ViT-B-16-quickgelu`` (they were trained with QuickGELU).
+A randomly initialised tower is refused unless ``random_init=True`` is asked for explicitly: its
+features carry no meaning and a silent fallback would waste a training run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from repsuite.nlq.annotations import NLQQuery, normalize_question
+from repsuite.nlq.features import FeatureError
+
+__all__ = [
+    "ClipTextTower",
+    "TextCacheManifest",
+    "cache_text_features",
+    "clip_text_width",
+    "default_cache_name",
+    "resolve_clip_model",
+]
+
+log = logging.getLogger(__name__)
+MANIFEST = "manifest.json"
+STATES = "open_clip text transformer, last block after ln_final, no text projection, rows SOT..EOT"
+
+
+def resolve_clip_model(model: str) -> str:
+    """An open_clip model name, registering ``model`` first when it is a path to a model-config JSON."""
+    import open_clip
+
+    if model.endswith(".json"):
+        path = Path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: open_clip model config not found")
+        open_clip.add_model_config(path)
+        return path.stem
+    if open_clip.get_model_config(model) is None:
+        raise ValueError(
+            f"clip model {model!r}: not an open_clip model name (see open_clip.list_models()) nor a path to a "
+            "model-config .json"
+        )
+    return model
+
+
+def clip_text_width(model: str) -> int:
+    """Width of the token states of an open_clip model (512 for ViT-B-16), read from its config."""
+    import open_clip
+
+    cfg = open_clip.get_model_config(resolve_clip_model(model))
+    return int(cfg["text_cfg"]["width"])
+
+
+def default_cache_name(model: str) -> str:
+    """Folder name for cached token states of ``model``: ``clip_text_<model>`` (e.g. ``clip_text_vit_b_16``)."""
+    stem = Path(model).stem if model.endswith(".json") else model
+    return "clip_text_" + re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file (checkpoints are hashed to tie a cache to the weights that made it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A flat state dict from a local checkpoint file, loaded without unpickling arbitrary objects."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: CLIP checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix == ".safetensors" or head[8:9] == b"{":  # 8-byte header length, then a JSON header
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        try:  # OpenAI's release is a TorchScript archive; its tensors load without pickle
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            raise ValueError(
+                f"{path}: not a state dict readable with torch.load(weights_only=True), a .safetensors file "
+                f"or a TorchScript archive ({err})"
+            ) from err
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    if obj and all(k.startswith("module.") for k in obj):  # saved from a DDP-wrapped model
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+class ClipTextTower(nn.Module):
+    """A frozen open_clip text tower returning token states per question.
+
+    Args:
+        model: open_clip model name (``ViT-B-16`` in the thesis; ``ViT-B-16-quickgelu`` for OpenAI's
+            weights) or a path to an open_clip model-config JSON.
+        checkpoint: local weights file (whole CLIP or text tower only); required unless ``random_init``.
+        random_init: allow random weights (tests, plumbing checks); the features are meaningless.
+    """
+
+    def __init__(self, model: str = "ViT-B-16", checkpoint: str | None = None, random_init: bool = False):
+        super().__init__()
+        import open_clip
+
+        if checkpoint is None and not random_init:
+            raise ValueError(
+                "ClipTextTower: a frozen CLIP text tower needs `checkpoint` (a local weights file, e.g. "
+                "open_clip_pytorch_model.bin of ViT-B-16); random weights give meaningless features and are "
+                "refused unless random_init=True is asked for explicitly"
+            )
+        self.model_name = resolve_clip_model(model)
+        self.checkpoint = checkpoint
+        clip = open_clip.create_model(self.model_name, pretrained=None)
+        if checkpoint is not None:
+            self._load(clip, Path(checkpoint))
+        if hasattr(clip, "visual"):
+            clip.visual = None  # only the text tower is used; frees the image tower's memory
+        self.clip = clip.eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(self.model_name)
+        self.width = clip_text_width(self.model_name)
+
+    def _load(self, clip: nn.Module, path: Path) -> None:
+        state = _read_state_dict(path)
+        expected = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
+        needed = {k for k in expected if k not in ("logit_scale", "logit_bias")}
+        text_state = {k: v for k, v in state.items() if k in expected}
+        missing = sorted(needed - text_state.keys())
+        ignored = (
+            "attn_mask",
+            "input_resolution",
+            "context_length",
+            "vocab_size",
+        )  # OpenAI/TorchScript extras
+        unknown = sorted(
+            k for k in state if k not in expected and not k.startswith("visual.") and k not in ignored
+        )
+        wrong = [
+            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+            for k, v in text_state.items()
+            if v.shape != expected[k].shape
+        ]
+        if missing or unknown or wrong:
+            raise ValueError(
+                f"{path}: does not match open_clip model {self.model_name!r}: "
+                f"{len(missing)} missing text-tower keys {missing[:5]}, {len(unknown)} unexpected keys "
+                f"{unknown[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
+            )
+        clip.load_state_dict(text_state, strict=False)
+
+    def tokenize(self, questions: Sequence[str]) -> tuple[Tensor, Tensor]:
+        """Token ids (B, 77) of the normalised questions and the EOT position of each (B,)."""
+        ids = self.tokenizer([normalize_question(q) for q in questions])  # (B, 77), SOT ... EOT, 0 padding
+        return ids, ids.argmax(dim=-1)  # EOT has the largest id in open_clip's BPE vocabulary
+
+    @torch.no_grad()
+    def forward(self, questions: Sequence[str]) -> list[Tensor]:
+        """Token states for each question: a list of (L_i, width) float32 tensors, L_i = tokens SOT..EOT."""
+        device = next(self.clip.parameters()).device
+        ids, eot = self.tokenize(questions)
+        out = self.clip.forward_intermediates(
+            text=ids.to(device), text_indices=1, normalize=False, normalize_intermediates=True
+        )
+        states = out["text_intermediates"][-1].float().cpu()  # (B, 77, width), after ln_final
+        return [states[i, : int(eot[i]) + 1].clone() for i in range(len(questions))]
+
+
+class TextCacheManifest(dict):
+    """What made a folder of cached token states (model, checkpoint hash, states, normalisation)."""
+
+    @classmethod
+    def for_tower(cls, tower: ClipTextTower) -> TextCacheManifest:
+        """The manifest a cache written by ``tower`` carries."""
+        return cls(
+            model=tower.model_name,
+            checkpoint=str(tower.checkpoint) if tower.checkpoint else None,
+            checkpoint_sha256=file_sha256(tower.checkpoint) if tower.checkpoint else None,
+            random_init=tower.checkpoint is None,
+            dim=tower.width,
+            dtype="float32",
+            states=STATES,
+            question_normalisation="repsuite.nlq.annotations.normalize_question",
+            file_pattern="<annotation_uid>_<query_idx>.pt",
+        )
+
+
+def _atomic_save(tensor: Tensor, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(tensor, tmp)
+    os.replace(tmp, path)  # never a half-written file under the final name
+
+
+def cache_text_features(
+    queries: Iterable[NLQQuery],
+    out_dir: str | Path,
+    tower: ClipTextTower,
+    batch_size: int = 256,
+    overwrite: bool = False,
+) -> dict[str, int]:
+    """Write ``<annotation_uid>_<query_idx>.pt`` token states for every query that has no file yet.
+
+    The folder's ``manifest.json`` ties it to the model and checkpoint hash; a folder made by other weights
+    is refused (a stale cache would silently mix features) unless ``overwrite`` recomputes it all.
+    Queries without text get the states of the normalised empty question ("?"), as the token pipeline does.
+
+    Returns:
+        ``{"written": n, "cached": m}``.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    manifest = TextCacheManifest.for_tower(tower)
+    mpath = out / MANIFEST
+    if mpath.exists() and not overwrite:
+        old = json.loads(mpath.read_text())
+        keys = ("model", "checkpoint_sha256", "random_init", "dim", "states")
+        diff = {k: (old.get(k), manifest[k]) for k in keys if old.get(k) != manifest[k]}
+        if diff:
+            raise FeatureError(
+                f"{mpath}: this text-feature cache was made differently {diff} (cached, requested); use "
+                "another folder or recompute it with overwrite"
+            )
+    mpath.write_text(json.dumps(manifest, indent=1))
+    todo: dict[Path, str] = {}
+    cached = 0
+    for q in queries:
+        path = out / f"{q.annotation_uid}_{q.query_idx}.pt"
+        if path in todo:
+            continue
+        if path.exists() and not overwrite:
+            cached += 1
+        else:
+            todo[path] = q.query or ""
+    items = list(todo.items())
+    for i in range(0, len(items), batch_size):
+        chunk = items[i : i + batch_size]
+        for (path, _), states in zip(chunk, tower([text for _, text in chunk]), strict=True):
+            _atomic_save(states, path)
+    if items:
+        log.info("%s: wrote %d query feature files (%d already cached)", out, len(items), cached)
+    return {"written": len(items), "cached": cached}
