@@ -15,6 +15,8 @@ from pathlib import Path
 
 from repsuite.nlq.evaluation import SubmissionError, evaluate_nlq, format_table, load_json
 
+SYNTH_SIGNAL = 2.5  # keep equal to SyntheticSpec.signal (checked by a test); importing torch here is slow
+
 
 def _eval(ns: argparse.Namespace) -> int:
     gt = load_json(ns.ground_truth)
@@ -54,6 +56,7 @@ def _synth(ns: argparse.Namespace) -> int:
         num_videos={"train": ns.train_videos, "val": ns.val_videos, "test": ns.test_videos},
         clips_per_video=ns.clips_per_video,
         clip_seconds=(ns.min_clip_seconds, ns.max_clip_seconds),
+        signal=ns.signal,
         seed=ns.seed,
     )
     base = write_synthetic_ego4d(ns.root, spec, version=ns.version)
@@ -250,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--clips-per-video", type=int, default=2)
     sy.add_argument("--min-clip-seconds", type=float, default=60.0)
     sy.add_argument("--max-clip-seconds", type=float, default=120.0)
+    sy.add_argument(
+        "--signal",
+        type=float,
+        default=SYNTH_SIGNAL,
+        help=f"strength of an object event against unit background noise (default {SYNTH_SIGNAL}); "
+        "lower is harder",
+    )
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
 

@@ -13,12 +13,16 @@ from repsuite.nlq.decoding import joint_topk, merge_candidates
 from repsuite.nlq.losses import NLQLoss
 from repsuite.nlq.metrics import NLQRecall
 from repsuite.nlq.model import NLQModel, NLQModelConfig, NLQOutput
+from repsuite.resume import ExactResumeMixin
 
 __all__ = ["NLQModule"]
 
 
-class NLQModule(LightningModule):
+class NLQModule(ExactResumeMixin, LightningModule):
     """The thesis's NLQ model (chapter 2) as a LightningModule.
+
+    Checkpoints carry every rank's RNG state, so ``fit --ckpt_path`` resumes exactly (same weights and
+    metrics as an uninterrupted run with the same seed).
 
     Args:
         video_dim: video feature width. The CLI links it from ``Ego4DNLQDataModule.video_dim`` (read from

@@ -64,3 +64,28 @@ def test_predictions_form_a_valid_submission_scored_like_validation(in_tmp):
     logged = cli.trainer.validate(cli.model, datamodule=cli.datamodule, verbose=False)[0]
     assert logged["val/R@1_IoU0.3"] == pytest.approx(100 * official.recall[(0.3, 1)], abs=1e-4)
     assert logged["val/mIoU"] == pytest.approx(100 * official.mean_iou, abs=1e-4)
+
+
+def test_resume_matches_an_uninterrupted_run(in_tmp):
+    """Stop after epoch 2, resume to 4 with --ckpt_path: same weights and metrics as one 4-epoch run.
+
+    Augmentations, dropout, shuffling and the per-batch K all draw random numbers, so this only holds when
+    the checkpoint carries the RNG states (repsuite.resume).
+    """
+    common = [
+        "fit", "--config", DEMO, *FAST, "--data.sliding_window=true", "--data.video_splicing=true",
+        "--trainer.callbacks+=ModelCheckpoint", "--trainer.callbacks.save_last=true",
+    ]  # fmt: skip
+    full = run_cli([*common, "--trainer.max_epochs=4", "--trainer.callbacks.dirpath=full"])
+    run_cli([*common, "--trainer.max_epochs=2", "--trainer.callbacks.dirpath=part"])
+    ckpt = in_tmp / "part/last.ckpt"
+    assert torch.load(ckpt, weights_only=True)["repsuite_rng_states"]["cpu"].shape[0] == 1
+    resumed = run_cli(
+        [*common, "--trainer.max_epochs=4", "--trainer.callbacks.dirpath=res", f"--ckpt_path={ckpt}"]
+    )
+    a, b = full.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+    for key in ("val/R@1_IoU0.3", "val/mIoU", "val/loss"):
+        assert full.trainer.callback_metrics[key] == resumed.trainer.callback_metrics[key], key
