@@ -1,5 +1,6 @@
 """Every config in configs/ is parsed by the real CLI (typos and stale keys fail here)."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -17,14 +18,24 @@ def test_there_are_configs():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_config_parses(path: Path, in_tmp, capsys):
-    content = yaml.safe_load(path.read_text()) or {}
+    text = path.read_text()
+    content = yaml.safe_load(text) or {}
     args = ["fit", "--config", str(path)]
-    if "model" not in content:  # a fragment: complete it with the toy model to parse the whole thing
+    base = re.search(r"^# apply on top of: (\S+)", text, re.M)
+    if base:  # an ablation fragment: parse it layered on its recipe, as its comment tells users to
+        args = ["fit", "--config", str(ROOT / base.group(1)), "--config", str(path)]
+    elif "model" not in content:  # a fragment: complete it with the toy model to parse the whole thing
         args += ["--model", TOY_MODEL, "--data", TOY_DATA]
     with pytest.raises(SystemExit) as exc:
         run_cli([*args, "--print_config"])
     assert exc.value.code == 0, capsys.readouterr().err
     printed = yaml.safe_load(capsys.readouterr().out)
-    for key, value in (content.get("trainer") or {}).items():
-        if not isinstance(value, (dict, list)):
-            assert printed["trainer"][key] == value, key
+    for section in ("trainer", "model", "data"):
+        given = content.get(section) or {}
+        given = given.get("init_args", given) if section != "trainer" else given
+        shown = (
+            printed[section].get("init_args", printed[section]) if section != "trainer" else printed[section]
+        )
+        for key, value in given.items():
+            if not isinstance(value, (dict, list)):
+                assert shown[key] == value, (section, key)
