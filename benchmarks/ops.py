@@ -30,10 +30,8 @@ import argparse
 import gc
 import json
 import math
-import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -44,6 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks._memory import peak_above_resting, probe_in_subprocess
 from repsuite.ops import (
     fused_leaky_relu,
     fused_leaky_relu_reference,
@@ -202,13 +201,6 @@ def time_variants(case: Case, variants: list[str], device: torch.device, reps: i
     return {v: statistics.median(ts) for v, ts in times.items()}
 
 
-def _status_kib(field_name: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field_name} missing from /proc/self/status")
-
-
 def peak_memory_here(case: Case, variant: str, device: torch.device) -> int:
     """Peak bytes above the resting footprint during one forward+backward (run in a fresh process on CPU)."""
     inputs, run = make_runner(case, variant, device)
@@ -216,33 +208,13 @@ def peak_memory_here(case: Case, variant: str, device: torch.device) -> int:
     for t in inputs:
         t.grad = None
     gc.collect()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        step(inputs, run)
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - base
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
-    base = _status_kib("VmRSS")
-    step(inputs, run)
-    return (_status_kib("VmHWM") - base) * 1024
+    return peak_above_resting(lambda: step(inputs, run), device)
 
 
 def peak_memory(case: Case, variant: str, device: torch.device, threads: int) -> int | None:
     if device.type == "cuda":
         return peak_memory_here(case, variant, device)
-    env = dict(
-        os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS=str(threads)
-    )
-    cmd = [sys.executable, __file__, "--_memory", json.dumps({"case": asdict(case), "variant": variant})]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
-    if res.returncode != 0:
-        print(
-            f"  ! memory probe failed for {case.name}/{variant}: {res.stderr.strip()[-400:]}", file=sys.stderr
-        )
-        return None
-    return int(res.stdout.strip().splitlines()[-1])
+    return probe_in_subprocess(__file__, {"case": asdict(case), "variant": variant}, threads)
 
 
 def matmul_peak_gflops(device: torch.device) -> float:

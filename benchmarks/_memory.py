@@ -1,0 +1,54 @@
+"""Peak-memory probes shared by the benchmark scripts.
+
+On CPU a probe runs in a fresh subprocess: glibc is told to serve big blocks with mmap (so freed memory
+leaves the RSS), the kernel's peak-RSS counter is reset once the inputs exist and a warm-up pass ran, and
+the figure is VmHWM − VmRSS after the measured pass. On CUDA it is ``torch.cuda.max_memory_allocated``
+above the allocated bytes before the pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def status_kib(field_name: str) -> int:
+    """A ``/proc/self/status`` field in KiB (VmRSS, VmHWM)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"{field_name} missing from /proc/self/status")
+
+
+def peak_above_resting(run: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes above the current footprint while ``run()`` executes (call after a warm-up run)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
+    base = status_kib("VmRSS")
+    run()
+    return (status_kib("VmHWM") - base) * 1024
+
+
+def probe_in_subprocess(script: str, spec: dict, threads: int, flag: str = "--_memory") -> int | None:
+    """Run ``script flag <spec as JSON>`` in a fresh process and read the bytes it prints last."""
+    env = dict(
+        os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="0", OMP_NUM_THREADS=str(threads)
+    )
+    cmd = [sys.executable, script, flag, json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if res.returncode != 0:
+        print(f"  ! memory probe failed for {spec}: {res.stderr.strip()[-400:]}", file=sys.stderr)
+        return None
+    return int(res.stdout.strip().splitlines()[-1])

@@ -1,0 +1,209 @@
+"""Benchmark the NLQ model: training steps/s and peak memory, cross-attention vs the self-attention variant,
+and inference latency per query, measured side by side in one run.
+
+    python benchmarks/nlq.py                  # thesis shapes (about 5 minutes on 2 CPU cores)
+    python benchmarks/nlq.py --quick          # small shapes, checks the script runs
+    python benchmarks/nlq.py --device cuda    # on a GPU
+
+Model: the thesis recipe (configs/nlq/slowfast_clip.yaml): hidden 256, 8 heads, FFN 1024, T = 3, span
+encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ position), text 512-d CLIP tokens.
+
+* training step = forward at one K drawn from {2..6} + every loss term + backward + AdamW step, on a batch
+  of 32 clips × 600 bins with 32 text tokens (the thesis's batch and ``max_video_len``); time is the median
+  of ``--reps`` steps after warm-up, peak memory is measured as in benchmarks/_memory.py;
+* inference = one query (B = 1), model in eval mode without gradients, all five scales K = 2..6 run and
+  their top-5 windows pooled (the author's procedure), windows decoded to seconds. Two lengths: a 600-bin
+  clip, and an hour of video at 1.875 rows/s (6,750 rows) fed unpooled to a model built with
+  ``max_video_len=6750`` (the joint start×end matrix alone is 6,750² probabilities).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._memory import peak_above_resting, probe_in_subprocess
+from repsuite.nlq import NLQModule
+from repsuite.nlq.data import NLQSample, collate_nlq
+
+VIDEO_DIM, TEXT_DIM = 2304 + 512 + 2, 512
+
+
+@dataclass
+class Case:
+    name: str
+    kind: str  # "train" | "infer"
+    attention: str
+    batch: int
+    video_len: int
+    text_len: int
+
+
+def cases(quick: bool) -> list[Case]:
+    b, lv, lt, long = (4, 128, 16, 1024) if quick else (32, 600, 32, 6750)
+    out = [Case(f"train_{a}", "train", a, b, lv, lt) for a in ("cross", "self")]
+    for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
+        out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
+    return out
+
+
+def build(case: Case, device: torch.device) -> tuple[NLQModule, dict, torch.optim.Optimizer | None]:
+    """The thesis-sized module and a collated random batch at the case's shape, on ``device``."""
+    torch.manual_seed(0)
+    module = NLQModule(
+        video_dim=VIDEO_DIM,
+        text_dim=TEXT_DIM,
+        attention=case.attention,
+        max_video_len=max(600, case.video_len),
+    ).to(device)
+    g = torch.Generator().manual_seed(0)
+    samples = []
+    for i in range(case.batch):
+        s = int(torch.randint(0, case.video_len - 20, (), generator=g))
+        e = s + int(torch.randint(0, 20, (), generator=g))
+        dur = case.video_len / 1.875
+        samples.append(
+            NLQSample(
+                torch.randn(case.video_len, VIDEO_DIM, generator=g),
+                torch.randn(case.text_len, TEXT_DIM, generator=g),
+                s,
+                e,
+                (s / 1.875, (e + 1) / 1.875),
+                dur,
+                i,
+                (f"clip{i}", f"ann{i}", 0),
+            )
+        )
+    batch = {k: v.to(device) if torch.is_tensor(v) else v for k, v in collate_nlq(samples).items()}
+    if case.kind == "train":
+        module.train()
+        return module, batch, module.configure_optimizers()
+    module.eval()
+    return module, batch, None
+
+
+def runner(case: Case, device: torch.device):
+    module, batch, opt = build(case, device)
+    if case.kind == "train":
+        scales = list(module.hparams.scales)
+
+        def run() -> None:
+            k = scales[int(torch.randint(len(scales), ()))]
+            terms = module.criterion(module._forward(batch, k), batch)
+            opt.zero_grad(set_to_none=True)
+            terms["loss"].backward()
+            torch.nn.utils.clip_grad_norm_(module.parameters(), 0.1)
+            opt.step()
+    else:
+
+        @torch.no_grad()
+        def run() -> None:
+            module.predict_windows(batch)
+
+    return run
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_case(case: Case, device: torch.device, reps: int) -> float:
+    run = runner(case, device)
+    run()  # warm-up (allocator, SDPA kernel choice)
+    _sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_memory_here(case: Case, device: torch.device) -> int:
+    run = runner(case, device)
+    run()
+    gc.collect()
+    return peak_above_resting(run, device)
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small shapes (checks the script runs)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 2)")
+    ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument("--out", default="benchmarks/results/nlq.json")
+    ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if args._memory:  # child process: one peak-memory probe
+        print(peak_memory_here(Case(**json.loads(args._memory)), device))
+        return
+
+    reps = args.reps or (2 if args.quick else 5)
+    threads = torch.get_num_threads()
+    print(
+        f"NLQ model benchmark on {device} ({platform.processor() or platform.machine()}, {threads} threads, "
+        f"torch {torch.__version__}); video {VIDEO_DIM}-d, text {TEXT_DIM}-d, hidden 256, T = 3\n"
+    )
+    header = f"{'case':<22}{'B×Lv×Lt':>16}{'time':>11}{'rate':>16}{'peak mem':>12}"
+    print(header)
+    print("-" * len(header))
+    rows = []
+    for case in cases(args.quick):
+        secs = time_case(case, device, reps)
+        gc.collect()
+        if args.no_memory:
+            mem = None
+        elif device.type == "cuda":
+            mem = peak_memory_here(case, device)
+        else:
+            mem = probe_in_subprocess(__file__, asdict(case), threads)
+        rate = f"{1 / secs:.2f} steps/s" if case.kind == "train" else f"{secs * 1e3:.0f} ms/query"
+        shape = f"{case.batch}×{case.video_len}×{case.text_len}"
+        print(f"{case.name:<22}{shape:>16}{secs * 1e3:>9.0f}ms{rate:>16}{fmt_bytes(mem):>12}")
+        sys.stdout.flush()
+        rows.append({**asdict(case), "seconds": secs, "peak_bytes": mem})
+
+    by = {r["name"]: r for r in rows}
+    ratios = {}
+    for name in sorted({r["name"].rsplit("_", 1)[0] for r in rows}):
+        cross, self_ = by[f"{name}_cross"], by[f"{name}_self"]
+        ratios[f"{name}: self time / cross time"] = round(self_["seconds"] / cross["seconds"], 2)
+        if cross["peak_bytes"] and self_["peak_bytes"]:
+            ratios[f"{name}: self peak / cross peak"] = round(self_["peak_bytes"] / cross["peak_bytes"], 2)
+    print("\nratios (measured side by side in this run)")
+    for key, value in ratios.items():
+        print(f"  {key:<44} {value}")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    result = {"device": str(device), "threads": threads, "torch": torch.__version__, "reps": reps}
+    out.write_text(json.dumps(result | {"rows": rows, "ratios": ratios}, indent=2))
+    print(f"\nwrote {out}")
+
+
+if __name__ == "__main__":
+    main()
