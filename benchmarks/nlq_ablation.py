@@ -28,16 +28,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = {
-    "self": ("Ours-variant (self-attention)", ["--model.attention=self", "--model.contrastive_weight=0"], ()),
-    "base": ("Ours-base", ["--model.contrastive_weight=0"], ()),
-    "sw": ("+SW", ["--model.contrastive_weight=0", "--data.sliding_window=true"], ()),
-    "vs": ("+VS", ["--model.contrastive_weight=0", "--data.video_splicing=true"], ()),
+    "self": ("Ours-variant (self-attention)", ["--model.attention=self", "--model.contrastive_weight=0"]),
+    "base": ("Ours-base", ["--model.contrastive_weight=0"]),
+    "sw": ("+SW", ["--model.contrastive_weight=0", "--data.sliding_window=true"]),
+    "vs": ("+VS", ["--model.contrastive_weight=0", "--data.video_splicing=true"]),
     "sw_vs": (
         "+SW and VS",
         ["--model.contrastive_weight=0", "--data.sliding_window=true", "--data.video_splicing=true"],
         (),
     ),
-    "full": ("+SW, VS, and Contra", ["--data.sliding_window=true", "--data.video_splicing=true"], ()),
+    "full": ("+SW, VS, and Contra", ["--data.sliding_window=true", "--data.video_splicing=true"]),
 }
 METRICS = ("R@1 IoU0.3", "R@5 IoU0.3", "R@1 IoU0.5", "R@5 IoU0.5", "mIoU")
 
