@@ -35,7 +35,6 @@ ROWS = {
     "sw_vs": (
         "+SW and VS",
         ["--model.contrastive_weight=0", "--data.sliding_window=true", "--data.video_splicing=true"],
-        (),
     ),
     "full": ("+SW, VS, and Contra", ["--data.sliding_window=true", "--data.video_splicing=true"]),
 }
