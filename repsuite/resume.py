@@ -54,8 +54,8 @@ class ExactResumeMixin:
         if entry["world_size"] != self.trainer.world_size:
             rank_zero_warn(
                 f"checkpoint saved with {entry['world_size']} processes, resuming with "
-                f"{self.trainer.world_size}: RNG states are not restored, so the resumed run will not match an "
-                "uninterrupted one exactly"
+                f"{self.trainer.world_size}: RNG states are not restored, so the resumed run will not match "
+                "an uninterrupted one exactly"
             )
             return
         rank = self.trainer.global_rank

@@ -90,6 +90,109 @@ def _extract_text(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _extract_video(ns: argparse.Namespace) -> int:
+    import torch
+    from lightning.pytorch import Trainer
+
+    from repsuite.nlq.extraction import (
+        MANIFEST,
+        FeatureWriter,
+        FrameFeatureExtractor,
+        VideoRowsData,
+        plan_videos,
+    )
+    from repsuite.nlq.frame_encoder import FrameEncoder
+
+    out = Path(ns.output)
+    try:
+        videos, failed = plan_videos(ns.videos, ns.annotations, ns.video_dir)
+        if not videos and not failed:
+            raise ValueError("no videos given: pass video files/folders, or --annotations with --video-dir")
+        encoder = FrameEncoder(ns.encoder, ns.model, ns.checkpoint, random_init=ns.random_init)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    run = {
+        "format": "one (N, D) tensor per video, N = official rows (window 32, stride 16 at 30 fps)",
+        "encoder": encoder.describe(),
+        "sampling": {
+            "rule": ns.sampling,
+            "seed": ns.seed,
+            "window_frames": 32,
+            "stride_frames": 16,
+            "fps": 30,
+        },
+        "dtype": ns.dtype,
+    }
+    mpath = out / MANIFEST
+    if mpath.exists() and not ns.overwrite:
+        old = json.loads(mpath.read_text())
+        keys = [
+            ("encoder", "checkpoint_sha256"),
+            ("encoder", "model"),
+            ("encoder", "kind"),
+            ("sampling",),
+            ("dtype",),
+        ]
+        for path in keys:
+            a, b = old, run
+            for k in path:
+                a, b = (a or {}).get(k), (b or {}).get(k)
+            if a != b:
+                print(
+                    f"error: {mpath}: features there were made with {'.'.join(path)} = {a!r}, this run uses "
+                    f"{b!r}; "
+                    "use another output folder or --overwrite",
+                    file=sys.stderr,
+                )
+                return 1
+    precision = ns.precision or (
+        "bf16-mixed" if torch.cuda.is_available() and ns.accelerator != "cpu" else "32-true"
+    )
+    writer = FeatureWriter(out, run, getattr(torch, ns.dtype), failed)
+    trainer = Trainer(
+        accelerator=ns.accelerator,
+        devices=ns.devices,
+        num_nodes=ns.num_nodes,
+        strategy=ns.strategy,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        callbacks=[writer],
+    )
+    data = VideoRowsData(
+        videos, str(out), encoder.preprocess.resize_to, ns.sampling, ns.seed, ns.batch_size, ns.overwrite,
+        ns.num_workers,
+    )  # fmt: skip
+    trainer.predict(FrameFeatureExtractor(encoder), datamodule=data, return_predictions=False)
+    if trainer.global_rank != 0:
+        return 0
+    for line in writer.summary.lines():
+        print(line)
+    print(f"features: {out} (manifest: {mpath})")
+    return 1 if writer.summary.failed else 0
+
+
+def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``--config FILE`` (YAML with option names as keys) sets defaults that flags on the line override."""
+    import yaml
+
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _ = pre.parse_known_args(argv)
+    if known.config:
+        values = yaml.safe_load(Path(known.config).read_text()) or {}
+        dests = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - dests)
+        if unknown:
+            parser.error(f"{known.config}: unknown option(s) {unknown}; known: {sorted(dests - {'help'})}")
+        parser.set_defaults(**values)
+
+
 def _parse_overrides(extra: list[str]) -> dict[str, object]:
     """``--data.key=value`` / ``--data.key value`` words -> {key: YAML-parsed value}."""
     import yaml
@@ -303,6 +406,48 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true", help="recompute every file")
     ex.set_defaults(func=_extract_text)
 
+    xv = sub.add_parser(
+        "extract-video",
+        help="frame features from raw videos: OUT/<video_uid>.pt with the official row count (a predict run)",
+        description="Encode one frame per official feature row (window 32 / stride 16 at 30 fps, back-padded "
+        "last window) with a frozen open_clip or timm model, so the output concatenates row for row with the "
+        "official SlowFast/Omnivore file of the same video. Finished videos are skipped on a re-run; every "
+        "file is written atomically; OUT/manifest.json records the encoder, its checkpoint hash, the "
+        "sampling rule and rows per video. Exit code 1 when any video failed (the rest are still extracted).",
+    )
+    xv.add_argument("videos", nargs="*", metavar="VIDEO", help="video files and/or folders (<video_uid>.mp4)")
+    xv.add_argument(
+        "--annotations", nargs="+", metavar="ANN.json", help="extract only the videos these clips need"
+    )
+    xv.add_argument("--video-dir", help="folder of <video_uid>.mp4 for --annotations")
+    xv.add_argument("-o", "--output", required=True, metavar="OUT")
+    xv.add_argument(
+        "--config", metavar="YAML", help="option defaults from a file (configs/nlq/extract/*.yaml)"
+    )
+    xv.add_argument("--encoder", choices=["open_clip", "timm"], default="open_clip")
+    xv.add_argument(
+        "--model", default="ViT-B-16", help="open_clip or timm model name (or open_clip config .json)"
+    )
+    xv.add_argument("--checkpoint", help="local weights file of the model (nothing is downloaded)")
+    xv.add_argument("--random-init", action="store_true", help="allow random weights (benchmarks/tests only)")
+    xv.add_argument(
+        "--sampling",
+        choices=["center", "random"],
+        default="center",
+        help="frame per row: window centre or random",
+    )
+    xv.add_argument("--seed", type=int, default=0, help="seed of --sampling random (per video)")
+    xv.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
+    xv.add_argument("--num-workers", type=int, default=2, help="decoding processes per device")
+    xv.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
+    xv.add_argument("--accelerator", default="auto")
+    xv.add_argument("--devices", default="auto", help="devices per node (int or auto)")
+    xv.add_argument("--num-nodes", type=int, default=1)
+    xv.add_argument("--strategy", default="auto", help="e.g. ddp for several devices or nodes")
+    xv.add_argument("--precision", help="default: bf16-mixed on GPU, 32-true on CPU")
+    xv.add_argument("--overwrite", action="store_true", help="redo finished videos")
+    xv.set_defaults(func=_extract_video)
+
     en = sub.add_parser(
         "ensemble",
         help="merge submissions by score (thesis §2.5): pool every window, keep the best top-k",
@@ -320,6 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     """Entry point of ``repsuite nlq``; returns the exit code (1 for unreadable or malformed input)."""
     parser = build_parser()
+    if argv and argv[0] == "extract-video":
+        _load_config_defaults(parser._subparsers._group_actions[0].choices["extract-video"], argv[1:])
     ns, extra = parser.parse_known_args(argv)
     if extra and not getattr(ns, "wants_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -17,7 +17,6 @@ features carry no meaning and a silent fallback would waste a training run.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from repsuite.checkpoints import check_keys, file_sha256, read_state_dict
 from repsuite.nlq.annotations import NLQQuery, normalize_question
 from repsuite.nlq.features import FeatureError
 
@@ -57,8 +57,8 @@ def resolve_clip_model(model: str) -> str:
         return path.stem
     if open_clip.get_model_config(model) is None:
         raise ValueError(
-            f"clip model {model!r}: not an open_clip model name (see open_clip.list_models()) nor a path to a "
-            "model-config .json"
+            f"clip model {model!r}: not an open_clip model name (see open_clip.list_models()) nor a path to "
+            "a model-config .json"
         )
     return model
 
@@ -72,47 +72,9 @@ def clip_text_width(model: str) -> int:
 
 
 def default_cache_name(model: str) -> str:
-    """Folder name for cached token states of ``model``: ``clip_text_<model>`` (e.g. ``clip_text_vit_b_16``)."""
+    """Cache folder name for ``model``'s token states: ``clip_text_<model>`` (``clip_text_vit_b_16``)."""
     stem = Path(model).stem if model.endswith(".json") else model
     return "clip_text_" + re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")
-
-
-def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
-    """Hex SHA-256 of a file (checkpoints are hashed to tie a cache to the weights that made it)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    """A flat state dict from a local checkpoint file, loaded without unpickling arbitrary objects."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: CLIP checkpoint not found")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if path.suffix == ".safetensors" or head[8:9] == b"{":  # 8-byte header length, then a JSON header
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        try:  # OpenAI's release is a TorchScript archive; its tensors load without pickle
-            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
-        except Exception:
-            raise ValueError(
-                f"{path}: not a state dict readable with torch.load(weights_only=True), a .safetensors file "
-                f"or a TorchScript archive ({err})"
-            ) from err
-    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
-    if obj and all(k.startswith("module.") for k in obj):  # saved from a DDP-wrapped model
-        obj = {k[len("module.") :]: v for k, v in obj.items()}
-    return obj
 
 
 class ClipTextTower(nn.Module):
@@ -147,32 +109,23 @@ class ClipTextTower(nn.Module):
         self.width = clip_text_width(self.model_name)
 
     def _load(self, clip: nn.Module, path: Path) -> None:
-        state = _read_state_dict(path)
+        state = read_state_dict(path)
         expected = {k: v for k, v in clip.state_dict().items() if not k.startswith("visual.")}
-        needed = {k for k in expected if k not in ("logit_scale", "logit_bias")}
-        text_state = {k: v for k, v in state.items() if k in expected}
-        missing = sorted(needed - text_state.keys())
-        ignored = (
-            "attn_mask",
-            "input_resolution",
-            "context_length",
-            "vocab_size",
-        )  # OpenAI/TorchScript extras
-        unknown = sorted(
-            k for k in state if k not in expected and not k.startswith("visual.") and k not in ignored
+        state = {k: v for k, v in state.items() if not k.startswith("visual.")}
+        check_keys(
+            state,
+            expected,
+            str(path),
+            f"open_clip model {self.model_name!r} (text tower)",
+            optional=("logit_scale", "logit_bias"),
+            ignore=(
+                "attn_mask",
+                "input_resolution",
+                "context_length",
+                "vocab_size",
+            ),  # OpenAI TorchScript extras
         )
-        wrong = [
-            f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-            for k, v in text_state.items()
-            if v.shape != expected[k].shape
-        ]
-        if missing or unknown or wrong:
-            raise ValueError(
-                f"{path}: does not match open_clip model {self.model_name!r}: "
-                f"{len(missing)} missing text-tower keys {missing[:5]}, {len(unknown)} unexpected keys "
-                f"{unknown[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
-            )
-        clip.load_state_dict(text_state, strict=False)
+        clip.load_state_dict(state, strict=False)
 
     def tokenize(self, questions: Sequence[str]) -> tuple[Tensor, Tensor]:
         """Token ids (B, 77) of the normalised questions and the EOT position of each (B,)."""

@@ -98,8 +98,8 @@ class Ego4DNLQDataModule(LightningDataModule):
         if text == "clip":
             if clip_checkpoint is None and not clip_random_init:
                 raise ValueError(
-                    "Ego4DNLQDataModule: text='clip' needs `clip_checkpoint` (a local open_clip weights file); "
-                    "a randomly initialised frozen tower is refused unless clip_random_init=True"
+                    "Ego4DNLQDataModule: text='clip' needs `clip_checkpoint` (a local open_clip weights "
+                    "file); a randomly initialised frozen tower is refused unless clip_random_init=True"
                 )
             self.hparams.text_features = text_features or default_cache_name(clip_model)
         if not (self.base / "annotations").is_dir():

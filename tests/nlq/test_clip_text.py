@@ -1,4 +1,4 @@
-"""Frozen open_clip text tower: checkpoint loading, token states, the on-disk cache and its CLI/DataModule use.
+"""Frozen open_clip text tower: checkpoint loading, token states, the on-disk cache, CLI and DataModule use.
 
 A tiny open_clip model config (registered from a JSON file, like any user-defined open_clip model) keeps
 these tests fast; its state dict is open_clip's own key layout, written by the test.
@@ -97,18 +97,18 @@ def test_mismatched_or_bad_checkpoints_are_named(tmp_path):
     config = _config(tmp_path)
     wide = _config(tmp_path, name="wide-clip", width=32)
     ckpt, _ = _checkpoint(tmp_path, wide)
-    with pytest.raises(ValueError, match=r"clip.pt: does not match open_clip model 'tiny-clip'.*shape"):
+    with pytest.raises(
+        ValueError, match=r"clip.pt: does not match open_clip model 'tiny-clip' \(text tower\).*shape"
+    ):
         ClipTextTower(str(config), str(ckpt))
     state = torch.load(ckpt, weights_only=True)
     del state["ln_final.weight"]
     state["extra.weight"] = torch.zeros(1)
     torch.save(state, tmp_path / "broken.pt")
-    with pytest.raises(
-        ValueError, match=r"missing text-tower keys \['ln_final.weight'\].*\['extra.weight'\]"
-    ):
+    with pytest.raises(ValueError, match=r"missing keys \['ln_final.weight'\].*\['extra.weight'\]"):
         ClipTextTower(str(wide), str(tmp_path / "broken.pt"))
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ValueError, match="junk.pt: not a state dict"):
+    with pytest.raises(ValueError, match=r"junk\.pt: not a state dict"):
         ClipTextTower(str(config), str(tmp_path / "junk.pt"))
     with pytest.raises(ValueError, match="not an open_clip model name"):
         ClipTextTower("ViT-Q-99", str(ckpt))
@@ -129,7 +129,7 @@ def test_cache_is_written_once_and_tied_to_its_weights(tmp_path):
     assert cache_text_features(queries, out, tower) == {"written": 0, "cached": len(queries)}
     assert not list(out.glob(".*.tmp"))
     other, _ = _checkpoint(tmp_path, config, seed=1, name="other.pt")
-    with pytest.raises(FeatureError, match="manifest.json: this text-feature cache was made differently"):
+    with pytest.raises(FeatureError, match=r"manifest\.json: this text-feature cache was made differently"):
         cache_text_features(queries, out, ClipTextTower(str(config), str(other)))
     counts = cache_text_features(queries, out, ClipTextTower(str(config), str(other)), overwrite=True)
     assert counts["written"] == len(queries)

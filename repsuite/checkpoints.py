@@ -1,0 +1,110 @@
+"""Reading third-party weight files safely and loading them strictly, with errors that say what is wrong.
+
+Every pretrained component in repsuite takes a local file. :func:`read_state_dict` accepts a plain state
+dict (``.pt``/``.pth``/``.bin``, optionally under ``state_dict`` / ``model`` / ``params_ema`` keys or
+with a ``module.`` prefix from DDP), a ``.safetensors`` file (detected by content), or a TorchScript
+archive (OpenAI's CLIP release), all without unpickling arbitrary objects (``weights_only=True``).
+:func:`check_keys` compares it with a module's state dict and raises one error listing missing keys,
+unexpected keys and shape mismatches.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = ["CheckpointError", "check_keys", "file_sha256", "read_state_dict"]
+
+WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params")
+
+
+class CheckpointError(ValueError):
+    """A weights file that cannot be read or does not match the model; the message names the file."""
+
+
+def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file (recorded in manifests to tie outputs to the weights that made them)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def read_state_dict(path: str | Path, wrapper_keys: Iterable[str] = WRAPPER_KEYS) -> dict[str, Tensor]:
+    """A flat ``{name: tensor}`` state dict from a local weights file (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found")
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if path.suffix == ".safetensors" or head[8:9] == b"{":  # 8-byte header length, then a JSON header
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(path))
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a readable .safetensors file ({err})") from err
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        try:  # a TorchScript archive (OpenAI's CLIP release) holds its tensors without pickled code
+            obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        except Exception:
+            raise CheckpointError(
+                f"{path}: not a state dict readable with torch.load(weights_only=True), a .safetensors file "
+                f"or a TorchScript archive ({err})"
+            ) from err
+    if isinstance(obj, Mapping):
+        for key in wrapper_keys:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise CheckpointError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    obj = dict(obj)
+    if obj and all(k.startswith("module.") for k in obj):  # saved from a DDP-wrapped model
+        obj = {k[len("module.") :]: v for k, v in obj.items()}
+    return obj
+
+
+def check_keys(
+    state: Mapping[str, Tensor],
+    expected: Mapping[str, Tensor],
+    source: str,
+    what: str,
+    optional: Iterable[str] = (),
+    ignore: Iterable[str] = (),
+) -> None:
+    """Raise :class:`CheckpointError` unless ``state`` has exactly ``expected``'s keys and shapes.
+
+    Args:
+        state: the checkpoint's tensors.
+        expected: the model's state dict (or the part being loaded).
+        source: the file, for the message.
+        what: the model, for the message (e.g. "open_clip model 'ViT-B-16' (image tower)").
+        optional: expected keys that may be absent.
+        ignore: checkpoint keys, or key prefixes ending in ".", that are not the model's business.
+    """
+    ignore = tuple(ignore)
+
+    def ignored(k: str) -> bool:
+        return any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)
+
+    optional = set(optional)
+    missing = sorted(k for k in expected if k not in state and k not in optional)
+    unexpected = sorted(k for k in state if k not in expected and not ignored(k))
+    wrong = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
+        for k, v in state.items()
+        if k in expected and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source}: does not match {what}: {len(missing)} missing keys {missing[:5]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
+        )
