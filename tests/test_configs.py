@@ -9,7 +9,9 @@ import yaml
 from repsuite.cli import run_cli
 from tests.conftest import ROOT, TOY_DATA, TOY_MODEL
 
-CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if "sweeps" not in p.parts)
+# sweeps have their own test; extract/ holds `repsuite nlq extract-video --config` files
+CONFIGS = sorted(p for p in (ROOT / "configs").rglob("*.yaml") if not {"sweeps", "extract"} & set(p.parts))
+EXTRACT = sorted((ROOT / "configs/nlq/extract").glob("*.yaml"))
 
 
 def test_there_are_configs():
@@ -39,3 +41,15 @@ def test_config_parses(path: Path, in_tmp, capsys):
         for key, value in given.items():
             if not isinstance(value, (dict, list)):
                 assert shown[key] == value, (section, key)
+
+
+@pytest.mark.parametrize("path", EXTRACT, ids=lambda p: p.name)
+def test_extract_config_is_read_by_extract_video(path: Path):
+    from repsuite.nlq.cli import build_parser, extract_video_parser, load_config_defaults
+
+    parser = build_parser()
+    args = ["extract-video", "--config", str(path), "videos/", "-o", "out"]
+    load_config_defaults(extract_video_parser(parser), args[1:])
+    ns = parser.parse_args(args)
+    for key, value in yaml.safe_load(path.read_text()).items():
+        assert getattr(ns, key) == value, key

@@ -150,7 +150,7 @@ def _extract_video(ns: argparse.Namespace) -> int:
     precision = ns.precision or (
         "bf16-mixed" if torch.cuda.is_available() and ns.accelerator != "cpu" else "32-true"
     )
-    writer = FeatureWriter(out, run, getattr(torch, ns.dtype), failed)
+    writer = FeatureWriter(out, run, getattr(torch, ns.dtype), failed, num_videos=len(videos))
     trainer = Trainer(
         accelerator=ns.accelerator,
         devices=ns.devices,
@@ -177,7 +177,7 @@ def _extract_video(ns: argparse.Namespace) -> int:
     return 1 if writer.summary.failed else 0
 
 
-def _load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+def load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
     """``--config FILE`` (YAML with option names as keys) sets defaults that flags on the line override."""
     import yaml
 
@@ -310,6 +310,12 @@ def _ensemble(ns: argparse.Namespace) -> int:
         f"(top {ns.top_k} by score) -> {ns.output}"
     )
     return 0
+
+
+def extract_video_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The ``extract-video`` sub-parser of :func:`build_parser`'s parser."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices["extract-video"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -466,7 +472,7 @@ def main(argv: list[str]) -> int:
     """Entry point of ``repsuite nlq``; returns the exit code (1 for unreadable or malformed input)."""
     parser = build_parser()
     if argv and argv[0] == "extract-video":
-        _load_config_defaults(parser._subparsers._group_actions[0].choices["extract-video"], argv[1:])
+        load_config_defaults(extract_video_parser(parser), argv[1:])
     ns, extra = parser.parse_known_args(argv)
     if extra and not getattr(ns, "wants_extra", False):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,6 +241,7 @@ class FeatureWriter(BasePredictionWriter):
         manifest: run-level facts (encoder, sampling, dtype) written into ``manifest.json``.
         dtype: storage dtype of the features.
         failed: failures found before the run (e.g. annotated videos that are missing).
+        num_videos: candidate videos of the whole run (sizes rank 0's progress bar).
     """
 
     def __init__(
@@ -248,6 +250,7 @@ class FeatureWriter(BasePredictionWriter):
         manifest: dict,
         dtype: torch.dtype = torch.float32,
         failed: dict | None = None,
+        num_videos: int = 0,
     ):
         super().__init__(write_interval="batch")
         self.out_dir = Path(out_dir)
@@ -258,6 +261,25 @@ class FeatureWriter(BasePredictionWriter):
         self.summary = ExtractionSummary(failed=dict(failed or {}))
         self.started = time.perf_counter()
         self.last_report = 0.0
+        self.num_videos = num_videos
+        self.bar: Any = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        """Rank 0 shows a bar over its share of the videos (done/skipped/failed) with frames/s."""
+        self.started = time.perf_counter()
+        if trainer.global_rank == 0 and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            share = len(range(0, self.num_videos, trainer.world_size))
+            self.bar = Progress(
+                TextColumn("extract-video (rank 0 of {task.fields[world]})"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("videos · {task.fields[rate]:.1f} frames/s"),
+                TimeElapsedColumn(),
+            )
+            self.bar.add_task("videos", total=share, world=trainer.world_size, rate=0.0)
+            self.bar.start()
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
@@ -300,10 +322,14 @@ class FeatureWriter(BasePredictionWriter):
 
     def _progress(self, trainer) -> None:
         now = time.perf_counter()
-        if trainer.global_rank == 0 and now - self.last_report > 10:
+        s = self.summary
+        rate = s.frames / max(now - self.started, 1e-9)
+        if self.bar is not None:
+            self.bar.update(
+                self.bar.task_ids[0], completed=len(s.done) + len(s.skipped) + len(s.failed), rate=rate
+            )
+        elif trainer.global_rank == 0 and now - self.last_report > 30:  # no terminal: a line now and then
             self.last_report = now
-            s = self.summary
-            rate = s.frames / max(now - self.started, 1e-9)
             print(
                 f"[extract-video rank 0] videos done {len(s.done)}, skipped {len(s.skipped)}, failed "
                 f"{len(s.failed)}; {rate:.1f} frames/s",
@@ -312,6 +338,8 @@ class FeatureWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer, pl_module) -> None:
         """Each rank saves its records; rank 0 merges them into ``manifest.json`` and the summary."""
+        if self.bar is not None:
+            self.bar.stop()
         self.summary.seconds = time.perf_counter() - self.started
         part = self.out_dir / f".extract-rank{trainer.global_rank}.json"
         s = self.summary

@@ -195,3 +195,31 @@ def test_videos_to_features_to_a_trained_model(setup, tmp_path, in_tmp):
     assert cli.model.hparams.video_dim == 16 and cli.model.hparams.text_dim == 24
     assert torch.isfinite(cli.trainer.callback_metrics["val/mIoU"])
     shutil.rmtree(videos)
+
+
+def test_timm_encoder_uses_the_models_own_preprocessing(tmp_path):
+    import timm
+
+    torch.manual_seed(0)
+    net = timm.create_model("test_vit", pretrained=False)  # with its classifier, as released checkpoints are
+    torch.save(net.state_dict(), tmp_path / "test_vit.pth")
+    enc = FrameEncoder("timm", "test_vit", str(tmp_path / "test_vit.pth"))
+    p = enc.preprocess
+    assert (p.crop, p.resize_to, p.mean) == ((160, 160), 168, (0.5, 0.5, 0.5))  # 160 / crop_pct 0.95
+    frames = torch.randint(0, 256, (2, 3, 168, 200), dtype=torch.uint8)
+    x = frames[..., 4:164, 20:180].float() / 255
+    net.reset_classifier(0)
+    torch.testing.assert_close(enc(frames), net.eval()((x - 0.5) / 0.5))
+    torch.save({"blocks.0.norm1.weight": torch.zeros(3)}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match=r"bad\.pth: does not match timm model 'test_vit'"):
+        FrameEncoder("timm", "test_vit", str(tmp_path / "bad.pth"))
+    with pytest.raises(ValueError, match="random_init=True"):
+        FrameEncoder("timm", "test_vit")
+
+
+def test_progress_bar_on_a_terminal(setup, tmp_path, monkeypatch, capsys):
+    config, ckpt, videos = setup
+    monkeypatch.setattr("sys.stdout.isatty", lambda: True)
+    assert main(_args(config, ckpt, str(videos), "-o", str(tmp_path / "f"))) == 0
+    out = capsys.readouterr().out
+    assert "extract-video (rank 0 of 1)" in out and "4/4" in out and "frames/s" in out
