@@ -33,3 +33,26 @@ def test_ops_benchmark_runs_and_writes_json(tmp_path):
     assert all(r["seconds"] > 0 and r["peak_bytes"] > 0 for r in rows.values())
     assert result["matmul_peak_gflops"] > 0
     assert "| nlq_coattn | fast |" in md.read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "script, args, expect",
+    [
+        ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "train: self time / cross time"),
+        (
+            "nlq_ablation.py",
+            ["--quick", "--epochs", "1", "--rows", "self", "base"],
+            "cross-attention (Ours-base)",
+        ),
+        ("extract.py", ["--quick"], "bounded by"),
+    ],
+)
+def test_nlq_benchmarks_run(tmp_path, script, args, expect):
+    out = tmp_path / "result.json"
+    extra = ["--work", str(tmp_path / "work")] if script == "nlq_ablation.py" else []
+    cmd = [PYTHON, str(ROOT / "benchmarks" / script), *args, *extra, "--out", str(out)]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=900, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert expect in res.stdout
+    assert json.loads(out.read_text())

@@ -266,7 +266,7 @@ class FeatureWriter(BasePredictionWriter):
 
     def on_predict_start(self, trainer, pl_module) -> None:
         """Rank 0 shows a bar over its share of the videos (done/skipped/failed) with frames/s."""
-        self.started = time.perf_counter()
+        self.started = self.last_report = time.perf_counter()
         if trainer.global_rank == 0 and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
