@@ -1,0 +1,21 @@
+"""Face swapping with a StyleGAN2 generative prior (thesis chapter 3)."""
+
+from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
+from repsuite.faceswap.stylegan2 import (
+    StyleGAN2Config,
+    StyleGAN2Discriminator,
+    StyleGAN2Generator,
+    apply_cs_sft,
+    stylegan2_channels,
+)
+
+__all__ = [
+    "StyleGAN2Config",
+    "StyleGAN2Discriminator",
+    "StyleGAN2Generator",
+    "apply_cs_sft",
+    "infer_stylegan2_config",
+    "load_stylegan2",
+    "load_stylegan2_discriminator",
+    "stylegan2_channels",
+]
