@@ -1,0 +1,163 @@
+"""Face alignment by 5 landmarks: templates, similarity transforms, batched warps, boxes, paste-back.
+
+Landmark order everywhere: left eye, right eye, nose tip, left mouth corner, right mouth corner, in pixel
+coordinates (x, y) with pixel centres at integers (OpenCV's convention). Templates
+(shared/reference/faceswap.md §3): insightface's ``arcface_dst`` for 112×112 recognition crops and facexlib's
+FFHQ-style 512×512 template used by GFPGAN; the latter scales linearly to any resolution.
+
+Warps are :func:`torch.nn.functional.grid_sample` calls, so they run batched on the accelerator and are
+differentiable (the identity loss crops a 512 px swap to ArcFace's 112 px input inside the graph).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+__all__ = [
+    "ARCFACE_112",
+    "FFHQ_512",
+    "component_boxes",
+    "estimate_similarity",
+    "face_template",
+    "paste_back",
+    "to_arcface_input",
+    "warp_affine",
+]
+
+ARCFACE_112 = torch.tensor(
+    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]]
+)
+FFHQ_512 = torch.tensor(
+    [[192.98, 239.95], [318.90, 240.19], [256.63, 314.02], [201.26, 371.41], [313.09, 371.15]]
+)
+
+
+def face_template(size: int) -> Tensor:
+    """The FFHQ-style 5-point template scaled to a ``size``×``size`` aligned face (5, 2)."""
+    return FFHQ_512 * (size / 512.0)
+
+
+def estimate_similarity(src: Tensor, dst: Tensor) -> Tensor:
+    """Least-squares similarity transform (rotation, uniform scale, translation; Umeyama) mapping src to dst.
+
+    Args:
+        src: (..., N, 2) points.
+        dst: (..., N, 2) points.
+
+    Returns:
+        (..., 2, 3) matrices M with dst ≈ M @ [x, y, 1]ᵀ.
+    """
+    src, dst = src.double(), dst.double()
+    mu_s, mu_d = src.mean(-2, keepdim=True), dst.mean(-2, keepdim=True)
+    s, d = src - mu_s, dst - mu_d  # (..., N, 2)
+    var = s.pow(2).sum((-1, -2)) / src.shape[-2]  # (...)
+    cov = d.transpose(-1, -2) @ s / src.shape[-2]  # (..., 2, 2)
+    u, sig, vh = torch.linalg.svd(cov)
+    sign = torch.sign(torch.linalg.det(u @ vh))  # no reflections
+    fix = torch.ones_like(sig)
+    fix[..., -1] = sign
+    rot = u @ torch.diag_embed(fix) @ vh  # (..., 2, 2)
+    scale = (sig * fix).sum(-1) / var  # (...)
+    lin = scale[..., None, None] * rot
+    t = mu_d.transpose(-1, -2) - lin @ mu_s.transpose(-1, -2)  # (..., 2, 1)
+    return torch.cat([lin, t], dim=-1).float()  # (..., 2, 3)
+
+
+def _invert(m: Tensor) -> Tensor:
+    """Inverse of affine (..., 2, 3) matrices."""
+    full = torch.cat([m, m.new_tensor([0.0, 0.0, 1.0]).expand(*m.shape[:-2], 1, 3)], dim=-2)  # (..., 3, 3)
+    return torch.linalg.inv(full)[..., :2, :]
+
+
+def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    """Batched ``cv2.warpAffine``: output pixel p shows the input at M⁻¹ p (zeros outside).
+
+    Args:
+        image: (B, C, H, W).
+        matrix: (B, 2, 3) or (2, 3) input-pixel → output-pixel affine map.
+        size: output (height, width).
+        mode: ``grid_sample`` interpolation.
+
+    Returns:
+        (B, C, height, width).
+    """
+    b, _, h, w = image.shape
+    oh, ow = size
+    inv = _invert(matrix.to(image.device, torch.float32).expand(b, 2, 3))  # output → input pixels
+    ys, xs = torch.meshgrid(
+        torch.arange(oh, device=image.device, dtype=torch.float32),
+        torch.arange(ow, device=image.device, dtype=torch.float32),
+        indexing="ij",
+    )
+    pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3)  # (1, oh·ow, 3)
+    src = pts @ inv.transpose(1, 2)  # (B, oh·ow, 2) input pixel coordinates
+    grid = torch.stack([2 * src[..., 0] / (w - 1) - 1, 2 * src[..., 1] / (h - 1) - 1], dim=-1)
+    grid = grid.reshape(b, oh, ow, 2).to(image.dtype)
+    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+
+
+def to_arcface_input(faces: Tensor, landmarks: Tensor | None = None) -> Tensor:
+    """Aligned faces (B, 3, S, S) → ArcFace's 112×112 crops (differentiable).
+
+    Without ``landmarks`` (B, 5, 2) the faces are assumed to follow the FFHQ template at their size, so one
+    similarity transform maps them onto insightface's template without re-detecting.
+    """
+    size = faces.shape[-1]
+    src = landmarks if landmarks is not None else face_template(size).to(faces.device)
+    m = estimate_similarity(src, ARCFACE_112.to(faces.device))
+    return warp_affine(faces, m, (112, 112))
+
+
+def component_boxes(
+    size: int,
+    landmarks: Tensor | None = None,
+    batch: int = 1,
+    eye_half: float = 0.09,
+    mouth_half: float = 0.12,
+) -> dict[str, Tensor]:
+    """Square boxes (B, 4) as (x1, y1, x2, y2) around the left eye, right eye and mouth.
+
+    Centres come from the landmarks (B, 5, 2) when given, else from the FFHQ template at ``size``; half
+    sides are ``eye_half``·size and ``mouth_half``·size (the mouth centre is the mean of its corners).
+    Ready for :func:`torchvision.ops.roi_align` after prefixing the batch index.
+    """
+    pts = landmarks if landmarks is not None else face_template(size)[None].expand(batch, 5, 2)
+    centres = {"left_eye": pts[:, 0], "right_eye": pts[:, 1], "mouth": (pts[:, 3] + pts[:, 4]) / 2}
+    out = {}
+    for name, c in centres.items():
+        half = (eye_half if "eye" in name else mouth_half) * size
+        out[name] = torch.cat([c - half, c + half], dim=-1).float()  # (B, 4)
+    return out
+
+
+def paste_back(
+    photo: Tensor, face: Tensor, matrix: Tensor, erode: int = 8, blur: int = 15
+) -> tuple[Tensor, Tensor]:
+    """Put an aligned (swapped) face back into the photo it was cut from, through a soft mask.
+
+    Args:
+        photo: (B, C, H, W) original images.
+        face: (B, C, S, S) aligned faces.
+        matrix: (B, 2, 3) photo-pixel → aligned-pixel map used to cut the face out.
+        erode: pixels (at photo scale) the valid region is shrunk by, hiding the crop border.
+        blur: Gaussian kernel size softening the mask edge (odd).
+
+    Returns:
+        (composited photos (B, C, H, W), soft masks (B, 1, H, W) in [0, 1]).
+    """
+    import kornia
+
+    h, w = photo.shape[-2:]
+    back = _invert(matrix.to(photo.device, torch.float32).expand(photo.shape[0], 2, 3))  # aligned → photo
+    warped = warp_affine(face, back, (h, w))
+    ones = torch.ones_like(face[:, :1])
+    mask = warp_affine(ones, back, (h, w))
+    if erode > 0:
+        mask = -F.max_pool2d(-mask, 2 * erode + 1, stride=1, padding=erode)
+    if blur > 1:
+        k = blur | 1
+        mask = kornia.filters.gaussian_blur2d(mask, (k, k), (k / 4.0, k / 4.0))
+    mask = mask.clamp(0, 1)
+    return photo * (1 - mask) + warped * mask, mask
