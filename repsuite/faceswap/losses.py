@@ -1,0 +1,90 @@
+"""Face-swap losses (thesis §3.3.2), each a small module with its own weight.
+
+* :class:`ReconstructionLoss` — L1 between swap and target, on same-identity pairs only (Eq. 3.8);
+* :class:`IdentityLoss` — 1 − cos(ArcFace(swap), ArcFace(source)) (Eq. 3.9);
+* :func:`generator_adversarial_loss` / :func:`discriminator_adversarial_loss` — non-saturating logistic GAN
+  losses for the global and each component discriminator (Eq. 3.10); :func:`r1_penalty` optional;
+* :class:`WeakFeatureMatchingLoss` — L1 between the global discriminator's last-layer features of the swap
+  and of the target (Eq. 3.11, SimSwap).
+
+Default weights are the thesis's: λ_ID = 10, λ_Recon = 10, λ_adv = 1, λ_wkFM = 5.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "IdentityLoss",
+    "ReconstructionLoss",
+    "WeakFeatureMatchingLoss",
+    "discriminator_adversarial_loss",
+    "generator_adversarial_loss",
+    "r1_penalty",
+]
+
+
+class ReconstructionLoss(nn.Module):
+    """Mean L1 over the same-identity pairs of the batch (zero, with a graph, when there are none)."""
+
+    def __init__(self, weight: float = 10.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, swap: Tensor, target: Tensor, same_identity: Tensor) -> Tensor:
+        """Swaps and targets (B, 3, S, S), same_identity (B,) bool -> weighted scalar."""
+        per_sample = (swap - target).abs().flatten(1).mean(1)  # (B,)
+        mask = same_identity.to(per_sample.dtype)
+        return self.weight * (per_sample * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+class IdentityLoss(nn.Module):
+    """1 − cosine similarity between identity embeddings of the swaps and of the sources."""
+
+    def __init__(self, weight: float = 10.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(self, swap_embed: Tensor, source_embed: Tensor) -> Tensor:
+        """Embeddings (B, D) -> weighted scalar."""
+        cos = F.cosine_similarity(swap_embed.float(), source_embed.float(), dim=-1)
+        return self.weight * (1 - cos).mean()
+
+
+def generator_adversarial_loss(fake_logits: Tensor) -> Tensor:
+    """Non-saturating generator loss softplus(−D(fake)), averaged."""
+    return F.softplus(-fake_logits.float()).mean()
+
+
+def discriminator_adversarial_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Logistic discriminator loss softplus(−D(real)) + softplus(D(fake)), averaged."""
+    return F.softplus(-real_logits.float()).mean() + F.softplus(fake_logits.float()).mean()
+
+
+def r1_penalty(real_logits: Tensor, real_images: Tensor) -> Tensor:
+    """R1: ‖∇_x D(x)‖² on real images (``real_images`` must require grad), averaged over the batch."""
+    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_images, create_graph=True)
+    return grad.float().pow(2).flatten(1).sum(1).mean()
+
+
+class WeakFeatureMatchingLoss(nn.Module):
+    """Σ_{i=m}^{M} ‖D⁽ⁱ⁾(swap) − D⁽ⁱ⁾(target)‖₁ / (M − m + 1) over the last ``num_layers`` feature maps.
+
+    Args:
+        weight: λ_wkFM.
+        num_layers: how many of the discriminator's last feature maps are matched ("weak": only the deepest).
+    """
+
+    def __init__(self, weight: float = 5.0, num_layers: int = 2) -> None:
+        super().__init__()
+        self.weight, self.num_layers = weight, num_layers
+
+    def forward(self, fake_features: Sequence[Tensor], real_features: Sequence[Tensor]) -> Tensor:
+        """Feature lists of the global D for swaps and targets (targets' are detached) -> weighted scalar."""
+        pairs = list(zip(fake_features, real_features, strict=True))[-self.num_layers :]
+        total = sum(F.l1_loss(f.float(), r.detach().float()) for f, r in pairs)
+        return self.weight * total / len(pairs)
