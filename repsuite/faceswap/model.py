@@ -165,8 +165,8 @@ class FaceSwapGenerator(nn.Module):
         ):
             raise ValueError(
                 f"FaceSwapGenerator: the StyleGAN2 prior is {prior.cfg} but the generator is configured for "
-                f"{want}; set out_size / channel_multiplier / narrow to the prior's (a 512 px prior needs 512 px "
-                "faces)"
+                f"{want}; set out_size / channel_multiplier / narrow to the prior's (a 512 px prior needs "
+                "512 px faces)"
             )
         self.stylegan = prior
         self.stylegan.requires_grad_(cfg.train_prior)
