@@ -1,0 +1,237 @@
+"""Synthetic aligned faces whose identity and attributes are separate parameters, in the real dataset layouts.
+
+Identity (kept by a swap): face shape (width, height, jaw), skin tone, eye size / spacing / iris colour,
+eyebrow weight, nose length and width, hair colour and fringe height. Attributes (taken from the target):
+pose (yaw / pitch shift the inner features and the head), expression (mouth opening and smile), background
+colour, and lighting (a brightness gradient across the image). Because a face is a function of
+(identity, attributes), the ground-truth swap of any (source, target) pair is simply
+``render(identity(source), attributes(target))``, which the evaluation uses.
+
+Layouts written by :func:`write_synthetic_faces`::
+
+    ROOT/vggface2_hq/n000000/0000.jpg …      one folder per identity (VGGFace2-HQ)
+    ROOT/ffhq/images1024x1024/00000/00000.png …   flat numbered files in thousands folders (FFHQ),
+                                                  rendered at ``resolution`` (not 1024) to stay small
+    ROOT/<layout>/landmarks.json              {relative path: [[x, y] × 5]} (left eye, right eye, nose,
+                                              mouth corners), repsuite's optional landmark file
+    ROOT/pairs/{source,target,ground_truth}/<name>.png and pairs/identities.json
+                                              held-out identities for ``repsuite faceswap eval``
+
+Faces are aligned like FFHQ crops: eyes and mouth sit near the 5-point template, moved a little by pose.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "FaceAttributes",
+    "FaceIdentity",
+    "SyntheticFacesSpec",
+    "render_face",
+    "sample_attributes",
+    "sample_identity",
+    "write_synthetic_faces",
+]
+
+
+@dataclass
+class FaceIdentity:
+    """Parameters a face swap must transfer (all in [0, 1] unless noted)."""
+
+    face_width: float
+    face_height: float
+    jaw: float
+    skin: tuple[float, float, float]
+    eye_size: float
+    eye_spacing: float
+    iris: tuple[float, float, float]
+    brow: float
+    nose_length: float
+    nose_width: float
+    hair: tuple[float, float, float]
+    fringe: float
+
+
+@dataclass
+class FaceAttributes:
+    """Parameters a face swap must keep from the target."""
+
+    yaw: float  # [-1, 1]
+    pitch: float  # [-1, 1]
+    mouth_open: float
+    smile: float  # [-1, 1]
+    background: tuple[float, float, float]
+    light: float  # [-1, 1], direction of the brightness gradient
+
+
+def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=g))
+
+
+def _colour(
+    g: torch.Generator, base: tuple[float, float, float], spread: float
+) -> tuple[float, float, float]:
+    return tuple(min(1.0, max(0.0, b + _rand(g, -spread, spread))) for b in base)  # type: ignore[return-value]
+
+
+def sample_identity(g: torch.Generator) -> FaceIdentity:
+    """A random identity."""
+    tone = _rand(g)
+    skin = (0.35 + 0.55 * tone, 0.25 + 0.5 * tone, 0.18 + 0.45 * tone)
+    return FaceIdentity(
+        face_width=_rand(g), face_height=_rand(g), jaw=_rand(g), skin=_colour(g, skin, 0.05),
+        eye_size=_rand(g), eye_spacing=_rand(g), iris=(_rand(g, 0, 0.6), _rand(g, 0, 0.6), _rand(g, 0, 0.8)),
+        brow=_rand(g), nose_length=_rand(g), nose_width=_rand(g),
+        hair=(_rand(g, 0, 0.9), _rand(g, 0, 0.7), _rand(g, 0, 0.5)), fringe=_rand(g),
+    )  # fmt: skip
+
+
+def sample_attributes(g: torch.Generator) -> FaceAttributes:
+    """Random pose, expression, background and lighting."""
+    return FaceAttributes(
+        yaw=_rand(g, -1, 1), pitch=_rand(g, -1, 1), mouth_open=_rand(g), smile=_rand(g, -1, 1),
+        background=(_rand(g), _rand(g), _rand(g)), light=_rand(g, -1, 1),
+    )  # fmt: skip
+
+
+def _soft(d: Tensor, edge: float) -> Tensor:
+    """1 inside (d < 1), 0 outside, smooth over ``edge`` (in units of d)."""
+    return torch.sigmoid((1 - d) / edge)
+
+
+def render_face(identity: FaceIdentity, attrs: FaceAttributes, size: int) -> tuple[Tensor, Tensor]:
+    """Render one aligned face.
+
+    Returns:
+        image (3, size, size) float in [0, 1] and its 5 landmarks (5, 2) in pixel coordinates.
+    """
+    i, a = identity, attrs
+    ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
+    img = torch.tensor(a.background).view(3, 1, 1).expand(3, size, size).clone()
+    dx, dy = 0.05 * a.yaw, 0.04 * a.pitch  # pose moves the whole head a little and the features more
+    cx, cy = 0.5 + 0.5 * dx, 0.54 + 0.5 * dy
+    fw, fh = 0.25 + 0.07 * i.face_width, 0.31 + 0.06 * i.face_height
+    # head: an ellipse whose lower half narrows with the jaw parameter
+    yrel = (ys - cy) / fh
+    narrow = 1 - (0.15 + 0.2 * i.jaw) * yrel.clamp(min=0)
+    head = _soft((((xs - cx) / (fw * narrow)) ** 2 + yrel**2).sqrt(), 0.03)
+    hair_d = (((xs - cx) / (fw * 1.1)) ** 2 + ((ys - cy + 0.05) / (fh * 1.05)) ** 2).sqrt()
+    hair = _soft(hair_d, 0.03) * torch.sigmoid((cy - fh * (0.35 + 0.35 * i.fringe) - ys) / 0.01)
+    skin = torch.tensor(i.skin).view(3, 1, 1)
+    img = img * (1 - head) + skin * head
+    img = img * (1 - hair) + torch.tensor(i.hair).view(3, 1, 1) * hair
+    fx, fy = cx + dx, cy + dy  # inner features follow the pose more strongly
+    spacing = 0.115 + 0.035 * i.eye_spacing
+    eye_y = fy - 0.06
+    er = 0.028 + 0.014 * i.eye_size
+    landmarks = []
+    for side in (-1, 1):
+        ex = fx + side * spacing
+        white = _soft((((xs - ex) / (er * 1.6)) ** 2 + ((ys - eye_y) / er) ** 2).sqrt(), 0.08)
+        iris = _soft(
+            (((xs - ex - 0.01 * a.yaw) / (er * 0.75)) ** 2 + ((ys - eye_y) / (er * 0.75)) ** 2).sqrt(), 0.08
+        )
+        img = img * (1 - white) + white * 0.95
+        img = img * (1 - iris) + torch.tensor(i.iris).view(3, 1, 1) * iris
+        brow = _soft(
+            (
+                ((xs - ex) / (er * 2.0)) ** 2 + ((ys - eye_y + er * 1.9) / (0.006 + 0.008 * i.brow)) ** 2
+            ).sqrt(),
+            0.1,
+        )
+        img = img * (1 - brow) + brow * torch.tensor(i.hair).view(3, 1, 1) * 0.7
+        landmarks.append((ex, eye_y))
+    nl, nw = 0.06 + 0.04 * i.nose_length, 0.02 + 0.018 * i.nose_width
+    ny = eye_y + 0.03
+    in_nose = ((ys - ny) / nl).clamp(0, 1)
+    nose = (
+        _soft((((xs - fx) / (nw * (0.3 + in_nose))) ** 2).sqrt(), 0.15)
+        * (ys > ny).float()
+        * (ys < ny + nl).float()
+    )
+    img = img * (1 - 0.25 * nose) + 0.25 * nose * skin * 0.6
+    landmarks.append((fx, ny + nl))
+    my = fy + 0.135
+    mw, mh = 0.06 + 0.01 * a.smile, 0.006 + 0.03 * a.mouth_open
+    curve = my - 0.02 * a.smile * (1 - ((xs - fx) / mw) ** 2)
+    mouth = _soft((((xs - fx) / mw) ** 2 + ((ys - curve) / mh) ** 2).sqrt(), 0.15)
+    img = img * (1 - mouth) + mouth * torch.tensor([0.55, 0.15, 0.18]).view(3, 1, 1)
+    landmarks += [(fx - mw, my), (fx + mw, my)]
+    shade = 1 + 0.18 * a.light * (xs - 0.5) * 2  # lighting: a horizontal brightness gradient
+    img = (img * shade).clamp(0, 1)
+    lm = torch.tensor(landmarks) * (size - 1)  # (5, 2) pixel coordinates
+    return img, lm
+
+
+@dataclass
+class SyntheticFacesSpec:
+    """Sizes of a synthetic face set (defaults: a CPU demo at 64 px)."""
+
+    resolution: int = 64
+    identities: int = 24
+    images_per_identity: int = 6
+    ffhq_images: int = 96
+    eval_identities: int = 8
+    eval_pairs: int = 32
+    singleton_identities: int = 1  # identity folders with a single image (cannot form a same-identity pair)
+    seed: int = 0
+
+
+def _save(img: Tensor, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = (img.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+    kwargs = {"quality": 95} if path.suffix == ".jpg" else {}
+    Image.fromarray(arr).save(path, **kwargs)
+
+
+def write_synthetic_faces(root: str | Path, spec: SyntheticFacesSpec | None = None) -> Path:
+    """Write the layouts listed in the module docstring under ``root`` and return it."""
+    spec = spec or SyntheticFacesSpec()
+    root = Path(root)
+    g = torch.Generator().manual_seed(spec.seed)
+    r = spec.resolution
+    vgg, ffhq = root / "vggface2_hq", root / "ffhq"
+    lm_vgg: dict[str, list] = {}
+    for k in range(spec.identities + spec.singleton_identities):
+        ident = sample_identity(g)
+        count = spec.images_per_identity if k < spec.identities else 1
+        for j in range(count):
+            img, lm = render_face(ident, sample_attributes(g), r)
+            rel = f"n{k:06d}/{j:04d}.jpg"
+            _save(img, vgg / rel)
+            lm_vgg[rel] = lm.tolist()
+    (vgg / "landmarks.json").write_text(json.dumps(lm_vgg))
+    lm_ffhq: dict[str, list] = {}
+    for n in range(spec.ffhq_images):
+        img, lm = render_face(sample_identity(g), sample_attributes(g), r)
+        rel = f"images1024x1024/{n // 1000 * 1000:05d}/{n:05d}.png"
+        _save(img, ffhq / rel)
+        lm_ffhq[rel] = lm.tolist()
+    (ffhq / "landmarks.json").write_text(json.dumps(lm_ffhq))
+    pairs = root / "pairs"
+    held_out = [sample_identity(g) for _ in range(spec.eval_identities)]
+    labels = {}
+    for p in range(spec.eval_pairs):
+        s_id = p % len(held_out)
+        t_id = (s_id + 1 + int(torch.randint(len(held_out) - 1, (), generator=g))) % len(held_out)
+        s_attr, t_attr = sample_attributes(g), sample_attributes(g)
+        name = f"{p:04d}.png"
+        _save(render_face(held_out[s_id], s_attr, r)[0], pairs / "source" / name)
+        _save(render_face(held_out[t_id], t_attr, r)[0], pairs / "target" / name)
+        _save(render_face(held_out[s_id], t_attr, r)[0], pairs / "ground_truth" / name)
+        labels[name] = {"source_identity": s_id, "target_identity": t_id}
+    (pairs / "identities.json").write_text(json.dumps(labels, indent=1))
+    meta = {
+        "spec": {f.name: getattr(spec, f.name) for f in fields(spec)},
+        "generator": "repsuite.faceswap.synthetic",
+    }
+    (root / "synthetic.json").write_text(json.dumps(meta, indent=1))
+    return root
