@@ -21,6 +21,12 @@ _LAZY: dict[str, str] = {
     "RepsuiteCLI": "repsuite.cli",
     "NLQModule": "repsuite.nlq",
     "Ego4DNLQDataModule": "repsuite.nlq",
+    "FaceSwapModule": "repsuite.faceswap",
+    "FaceSwapDataModule": "repsuite.faceswap",
+    "IdentityModule": "repsuite.faceswap",
+    "FaceIdentityDataModule": "repsuite.faceswap",
+    "load_stylegan2": "repsuite.faceswap",
+    "load_arcface": "repsuite.faceswap",
 }
 _SUBMODULES = ("ops", "cli")
 
@@ -30,6 +36,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from repsuite import cli as cli
     from repsuite import ops as ops
     from repsuite.cli import RepsuiteCLI as RepsuiteCLI
+    from repsuite.faceswap import FaceIdentityDataModule as FaceIdentityDataModule
+    from repsuite.faceswap import FaceSwapDataModule as FaceSwapDataModule
+    from repsuite.faceswap import FaceSwapModule as FaceSwapModule
+    from repsuite.faceswap import IdentityModule as IdentityModule
+    from repsuite.faceswap import load_arcface as load_arcface
+    from repsuite.faceswap import load_stylegan2 as load_stylegan2
     from repsuite.nlq import Ego4DNLQDataModule as Ego4DNLQDataModule
     from repsuite.nlq import NLQModule as NLQModule
     from repsuite.ops import MultiHeadCrossAttention as MultiHeadCrossAttention

@@ -41,18 +41,22 @@ TOOLS: dict[str, tuple[str, str]] = {
         "repsuite.nlq.cli:main",
         "Ego4D NLQ tools: 'repsuite nlq eval GT.json PRED.json' scores officially",
     ),
+    "faceswap": (
+        "repsuite.faceswap.cli:main",
+        "face-swap tools: synth, swap (images, folders, photos + landmarks), align, eval",
+    ),
 }
 
 #: Packages whose LightningModules/DataModules configs may name by bare class name; each task adds its
 #: package here when it lands (an import error in one of them is a bug and is not swallowed).
-TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq",)
+TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq", "repsuite.faceswap")
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 #: Values a DataModule reads from its data (feature widths) that the model needs: linked from
 #: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so no config types them by
 #: hand. The link is skipped for DataModules without the attribute.
-LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim")
+LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim", "num_classes")
 
 
 def _import_task_classes() -> None:

@@ -1,7 +1,17 @@
-"""Face swapping with a StyleGAN2 generative prior (thesis chapter 3)."""
+"""Face swapping with a StyleGAN2 generative prior (thesis chapter 3).
+
+Models (plain ``nn.Module``): :class:`StyleGAN2Generator` / :class:`StyleGAN2Discriminator` (GFPGAN /
+BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fig. 3.7). Lightning:
+:class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceSwapDataModule`,
+:class:`FaceIdentityDataModule`.
+"""
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
+from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceSwapDataModule
+from repsuite.faceswap.idnet import IdentityModule
 from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
+from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from repsuite.faceswap.module import FaceSwapModule
 from repsuite.faceswap.stylegan2 import (
     StyleGAN2Config,
     StyleGAN2Discriminator,
@@ -12,7 +22,13 @@ from repsuite.faceswap.stylegan2 import (
 
 __all__ = [
     "ArcMarginHead",
+    "FaceIdentityDataModule",
+    "FaceSwapDataModule",
+    "FaceSwapGenerator",
+    "FaceSwapGeneratorConfig",
+    "FaceSwapModule",
     "IResNet",
+    "IdentityModule",
     "StyleGAN2Config",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",

@@ -1,0 +1,322 @@
+"""``repsuite faceswap ...``: synthetic data, swapping images, aligning photos, evaluating a swapper.
+
+``synth`` (synthetic faces in the VGGFace2-HQ / FFHQ layouts), ``swap`` (one pair or two folders of aligned
+faces; or a photo with its 5 landmarks, aligned, swapped and pasted back), ``align`` (photo + 5 landmarks →
+aligned crop and the transform), ``eval`` (ID retrieval, ID cosine, PSNR against ground truth, optional
+pose / shape errors and FID over a pair folder).
+
+Every image written is a PNG carrying a provenance record in its text chunks: ``repsuite`` (version),
+``repsuite-checkpoint-sha256`` and ``synthetic: true`` — generated faces must be identifiable as such.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+__all__ = ["build_parser", "main"]
+
+
+def _parse_landmarks(text: str) -> list[list[float]]:
+    """``"x1,y1 x2,y2 x3,y3 x4,y4 x5,y5"`` (or 10 comma-separated numbers) → 5 points."""
+    nums = [float(v) for v in text.replace(",", " ").split()]
+    if len(nums) != 10:
+        raise ValueError(
+            f"landmarks: expected 5 points (10 numbers: left eye, right eye, nose, mouth corners), "
+            f"got {text!r}"
+        )
+    return [nums[i : i + 2] for i in range(0, 10, 2)]
+
+
+def _save_png(img, path: Path, provenance: dict[str, str]) -> None:
+    """(3, H, W) in [-1, 1] → PNG with provenance text chunks."""
+    from PIL import Image, PngImagePlugin
+
+    import repsuite
+
+    if path.suffix.lower() != ".png":
+        raise ValueError(
+            f"{path}: outputs are written as PNG (they carry a provenance record); use a .png name"
+        )
+    arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    info = PngImagePlugin.PngInfo()
+    for k, v in {"repsuite": repsuite.__version__, "synthetic": "true", **provenance}.items():
+        info.add_text(k, str(v))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(arr).save(path, pnginfo=info)
+
+
+def _load_module(path: str, trust: bool):
+    import torch
+
+    from repsuite.checkpoints import file_sha256
+    from repsuite.faceswap.module import FaceSwapModule
+
+    try:
+        module = FaceSwapModule.from_checkpoint(path)
+    except Exception as err:
+        if not trust or ("weights_only" not in str(err).lower() and "unpickl" not in str(err).lower()):
+            hint = (
+                ""
+                if trust
+                else "; if you trust this file, --trust-checkpoint loads it with pickle (runs code)"
+            )
+            raise ValueError(
+                f"{path}: cannot be loaded as a FaceSwapModule checkpoint ({err}){hint}"
+            ) from err
+        module = FaceSwapModule._from_state(torch.load(path, map_location="cpu", weights_only=False))
+    return module, file_sha256(path)
+
+
+def _read(path: Path, size: int):
+    from repsuite.faceswap.data import read_face
+
+    return read_face(path, size)[0]
+
+
+def _synth(ns: argparse.Namespace) -> int:
+    from repsuite.faceswap.synthetic import SyntheticFacesSpec, write_synthetic_faces
+
+    spec = SyntheticFacesSpec(
+        resolution=ns.resolution, identities=ns.identities, images_per_identity=ns.images_per_identity,
+        ffhq_images=ns.ffhq_images, eval_identities=ns.eval_identities, eval_pairs=ns.eval_pairs,
+        seed=ns.seed,
+    )  # fmt: skip
+    root = write_synthetic_faces(ns.root, spec)
+    print(f"wrote synthetic faces to {root}: vggface2_hq/ ({spec.identities} identities), ffhq/, pairs/")
+    return 0
+
+
+def _align_photo(photo_path: Path, landmarks: str, size: int):
+    import torch
+    from PIL import Image
+
+    from repsuite.faceswap.align import estimate_similarity, face_template, warp_affine
+
+    with Image.open(photo_path) as im:
+        if im.mode != "RGB":
+            raise ValueError(f"{photo_path}: expected an RGB image, got mode {im.mode!r}")
+        photo = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(im.height, im.width, 3)
+    photo = photo.permute(2, 0, 1)[None].float() / 127.5 - 1  # (1, 3, H, W)
+    pts = torch.tensor(_parse_landmarks(landmarks))[None]
+    m = estimate_similarity(pts, face_template(size)[None])  # photo → aligned
+    return photo, warp_affine(photo, m, (size, size)), m
+
+
+def _align(ns: argparse.Namespace) -> int:
+    try:
+        _, crop, m = _align_photo(Path(ns.photo), ns.landmarks, ns.size)
+        _save_png(crop[0], Path(ns.output), {"repsuite-kind": "aligned crop"})
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if ns.matrix:
+        Path(ns.matrix).write_text(json.dumps({"photo_to_aligned": m[0].tolist(), "size": ns.size}))
+    print(f"aligned {ns.photo} -> {ns.output} ({ns.size} px)")
+    return 0
+
+
+def _swap(ns: argparse.Namespace) -> int:
+    import torch
+
+    try:
+        module, sha = _load_module(ns.ckpt, ns.trust_checkpoint)
+        size = module.hparams.resolution
+        src, tgt, out = Path(ns.source), Path(ns.target), Path(ns.output)
+        prov = {"repsuite-checkpoint-sha256": sha}
+        if src.is_dir() != tgt.is_dir():
+            raise ValueError("--source and --target must both be files or both be folders")
+        if src.is_dir():
+            from repsuite.faceswap.data import IMAGE_EXTENSIONS
+
+            names = sorted(
+                p.name
+                for p in src.iterdir()
+                if p.suffix.lower() in IMAGE_EXTENSIONS and (tgt / p.name).exists()
+            )
+            if not names:
+                raise ValueError(f"{src} and {tgt}: no image file name is in both folders")
+            for i in range(0, len(names), ns.batch_size):
+                chunk = names[i : i + ns.batch_size]
+                s = torch.stack([_read(src / n, size) for n in chunk])
+                t = torch.stack([_read(tgt / n, size) for n in chunk])
+                for n, img in zip(chunk, module.swap(s, t), strict=True):
+                    _save_png(img, out / (Path(n).stem + ".png"), prov | {"source": n, "target": n})
+            print(f"swapped {len(names)} pairs -> {out}")
+            return 0
+        if ns.source_landmarks:
+            _, s, _ = _align_photo(src, ns.source_landmarks, size)
+        else:
+            s = _read(src, size)[None]
+        if ns.target_landmarks:  # a photo: align, swap, paste back with a soft mask
+            from repsuite.faceswap.align import paste_back
+
+            photo, t, m = _align_photo(tgt, ns.target_landmarks, size)
+            result, _ = paste_back(photo, module.swap(s, t), m)
+        else:
+            result = module.swap(s, _read(tgt, size)[None])
+        _save_png(result[0], out, prov | {"source": src.name, "target": tgt.name})
+    except (ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"swapped {src.name} onto {tgt.name} -> {out}")
+    return 0
+
+
+def _eval(ns: argparse.Namespace) -> int:
+    import torch
+
+    from repsuite.faceswap.data import PairFolderDataset
+    from repsuite.faceswap.metrics import ArcFaceEmbedder, IDCosine, IDRetrieval, PoseError, ShapeError
+    from repsuite.faceswap.module import _psnr
+
+    try:
+        module, _ = _load_module(ns.ckpt, ns.trust_checkpoint)
+        size = module.hparams.resolution
+        pairs = PairFolderDataset(ns.pairs, size)
+        if ns.id_encoder:
+            from repsuite.faceswap.arcface import load_arcface
+
+            embedder = ArcFaceEmbedder(load_arcface(ns.id_encoder))
+        else:
+            embedder = module.embedder
+            print(
+                "note: ID metrics use the swapper's own training encoder (pass --id-encoder for an "
+                "independent one)"
+            )
+        estimators = {k: torch.jit.load(v, map_location="cpu").eval() for k, v in
+                      (("pose", ns.pose_estimator), ("shape", ns.shape_estimator)) if v}  # fmt: skip
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    retrieval, cosine = IDRetrieval(embedder), IDCosine(embedder)
+    pose = PoseError(estimators["pose"]) if "pose" in estimators else None
+    shape = ShapeError(estimators["shape"]) if "shape" in estimators else None
+    fid = None
+    if ns.fid:
+        from torchmetrics.image.fid import FrechetInceptionDistance
+
+        from repsuite.faceswap.metrics import EmbeddingFeatures
+
+        fid = FrechetInceptionDistance(feature=EmbeddingFeatures(embedder, 512), normalize=True)
+    psnr = {"swap": [], "copy target": [], "copy source": []}
+    loader = torch.utils.data.DataLoader(pairs, batch_size=ns.batch_size)
+    for batch in loader:
+        swaps = module.swap(batch["source"], batch["target"])
+        retrieval.update(swaps, batch["source"], batch["source_identity"])
+        cosine.update(swaps, batch["source"])
+        if pose is not None:
+            pose.update(swaps, batch["target"])
+        if shape is not None:
+            shape.update(swaps, batch["source"])
+        if fid is not None:
+            fid.update((batch["target"] + 1) / 2, real=True)
+            fid.update((swaps + 1) / 2, real=False)
+        if "ground_truth" in batch:
+            n = swaps.shape[0]
+            for key, img in (
+                ("swap", swaps),
+                ("copy target", batch["target"]),
+                ("copy source", batch["source"]),
+            ):
+                psnr[key].append((_psnr(img, batch["ground_truth"]).item(), n))
+    results = {
+        "pairs": len(pairs),
+        "id_retrieval": retrieval.compute().item(),
+        "id_cosine": cosine.compute().item(),
+    }
+    if pose is not None:
+        results["pose_error"] = pose.compute().item()
+    if shape is not None:
+        results["shape_error"] = shape.compute().item()
+    if fid is not None:
+        results["fid"] = fid.compute().item()
+    for key, vals in psnr.items():
+        if vals:
+            results[f"psnr_{key.replace(' ', '_')}"] = sum(v * n for v, n in vals) / sum(n for _, n in vals)
+    ids = {str(pairs.labels.get(n, {}).get("source_identity", n)) for n in pairs.names}
+    chance = 100.0 / len(ids)  # retrieval among the distinct source identities
+    print(f"pairs: {results['pairs']}")
+    print(
+        f"ID retrieval: {results['id_retrieval']:.2f}% (chance {chance:.2f}%)   "
+        f"ID cosine: {results['id_cosine']:.3f}"
+    )
+    for key in ("pose_error", "shape_error", "fid"):
+        if key in results:
+            print(f"{key.replace('_', ' ')}: {results[key]:.4f}")
+    if psnr["swap"]:
+        print(
+            f"PSNR vs ground-truth swaps: model {results['psnr_swap']:.2f} dB, copy target "
+            f"{results['psnr_copy_target']:.2f} dB, copy source {results['psnr_copy_source']:.2f} dB"
+        )
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(results | {"chance_id_retrieval": chance}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``repsuite faceswap`` argument parser."""
+    parser = argparse.ArgumentParser(prog="repsuite faceswap", description="Face-swap tools.")
+    sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
+
+    sy = sub.add_parser(
+        "synth", help="write synthetic faces (VGGFace2-HQ and FFHQ layouts, evaluation pairs)"
+    )
+    sy.add_argument("root", metavar="ROOT")
+    sy.add_argument("--resolution", type=int, default=64)
+    sy.add_argument("--identities", type=int, default=24)
+    sy.add_argument("--images-per-identity", type=int, default=6)
+    sy.add_argument("--ffhq-images", type=int, default=96)
+    sy.add_argument("--eval-identities", type=int, default=8)
+    sy.add_argument("--eval-pairs", type=int, default=32)
+    sy.add_argument("--seed", type=int, default=0)
+    sy.set_defaults(func=_synth)
+
+    sw = sub.add_parser(
+        "swap",
+        help="swap aligned faces (one pair, or two folders by file name), or a photo with --target-landmarks",
+    )
+    sw.add_argument("--ckpt", required=True, help="FaceSwapModule checkpoint")
+    sw.add_argument("--source", required=True, help="aligned source face (identity) or a folder of them")
+    sw.add_argument("--target", required=True, help="aligned target face (attributes) or a folder of them")
+    sw.add_argument("-o", "--output", required=True, help="OUT.png, or a folder in folder mode")
+    sw.add_argument("--source-landmarks", help="source is a photo: its 5 landmarks 'x,y x,y x,y x,y x,y'")
+    sw.add_argument(
+        "--target-landmarks", help="target is a photo: align it, swap, paste back with a soft mask"
+    )
+    sw.add_argument("--batch-size", type=int, default=8)
+    sw.add_argument("--trust-checkpoint", action="store_true", help="allow pickled checkpoints (runs code)")
+    sw.set_defaults(func=_swap)
+
+    al = sub.add_parser("align", help="photo + 5 landmarks -> aligned face crop (FFHQ template)")
+    al.add_argument("photo")
+    al.add_argument("--landmarks", required=True, help="'x,y x,y x,y x,y x,y': eyes, nose, mouth corners")
+    al.add_argument("--size", type=int, default=512)
+    al.add_argument("-o", "--output", required=True, help="crop.png")
+    al.add_argument("--matrix", help="also write the photo→crop transform as JSON")
+    al.set_defaults(func=_align)
+
+    ev = sub.add_parser(
+        "eval", help="ID retrieval / cosine, PSNR vs ground truth, pose, shape, FID over pairs"
+    )
+    ev.add_argument("pairs", help="folder with source/, target/ (and ground_truth/, identities.json)")
+    ev.add_argument("--ckpt", required=True)
+    ev.add_argument("--id-encoder", help="independent ArcFace weights for the ID metrics")
+    ev.add_argument(
+        "--pose-estimator", help="TorchScript model: faces (B,3,S,S) in [-1,1] -> (B,3) yaw/pitch/roll"
+    )
+    ev.add_argument("--shape-estimator", help="TorchScript model: faces -> (B,K) 3DMM shape coefficients")
+    ev.add_argument("--fid", action="store_true", help="FID of swaps vs targets on the ID encoder's features")
+    ev.add_argument("--batch-size", type=int, default=16)
+    ev.add_argument("--json", help="also write the results as JSON")
+    ev.add_argument("--trust-checkpoint", action="store_true")
+    ev.set_defaults(func=_eval)
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``repsuite faceswap``; returns the exit code."""
+    ns = build_parser().parse_args(argv)
+    return ns.func(ns)

@@ -1,0 +1,342 @@
+"""``FaceSwapModule``: adversarial training of the thesis's face swapper (Lightning, manual optimization)."""
+
+from __future__ import annotations
+
+import copy
+import inspect
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+
+from repsuite.faceswap.align import face_template
+from repsuite.faceswap.arcface import IRESNET_LAYERS, iresnet, load_arcface
+from repsuite.faceswap.discriminators import COMPONENTS, FacialComponentDiscriminator, crop_components
+from repsuite.faceswap.loading import load_stylegan2
+from repsuite.faceswap.losses import (
+    IdentityLoss,
+    ReconstructionLoss,
+    WeakFeatureMatchingLoss,
+    discriminator_adversarial_loss,
+    generator_adversarial_loss,
+    r1_penalty,
+)
+from repsuite.faceswap.metrics import ArcFaceEmbedder, IDCosine, IDRetrieval
+from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Discriminator, StyleGAN2Generator
+from repsuite.resume import ExactResumeMixin
+
+__all__ = ["FaceSwapModule"]
+
+
+class FaceSwapModule(ExactResumeMixin, LightningModule):
+    """The thesis's face swapper (chapter 3) with a StyleGAN2 prior, global + eye/mouth discriminators.
+
+    Args:
+        resolution: face size; must equal the prior's (512 for the FFHQ-512 prior).
+        prior_ckpt: StyleGAN2 prior in GFPGAN's clean layout
+            (e.g. ``StyleGAN2_512_Cmul1_FFHQ_B12G4_scratch_800k.pth``).
+        id_encoder_ckpt: ArcFace weights: an arcface_torch ``backbone.pth`` or a checkpoint of
+            ``repsuite fit --config configs/faceswap/idnet_demo.yaml`` (told apart automatically).
+        random_prior: allow a randomly initialised prior (demos and tests on synthetic faces; pair it with
+            ``train_prior``) — refused otherwise, since a random prior makes the method meaningless.
+        random_id_encoder: allow a random identity encoder (plumbing tests only).
+        channel_multiplier, narrow, num_mlp: architecture of a random prior (else read from ``prior_ckpt``).
+        unet_narrow, id_injection, unet_skips, id_blocks_bottleneck, train_prior: see
+            :class:`~repsuite.faceswap.model.FaceSwapGeneratorConfig`.
+        component_discriminators: add the left-eye / right-eye / mouth discriminators (GFPGAN).
+        component_width: first-layer channels of the component discriminators.
+        id_weight, recon_weight, adv_weight, fm_weight: λ_ID, λ_Recon, λ_adv, λ_wkFM (10 / 10 / 1 / 5).
+        component_weight: weight of each component discriminator's adversarial term.
+        fm_layers: deepest discriminator feature maps matched by the weak feature-matching loss.
+        r1_weight: R1 penalty weight (0 turns it off); applied lazily every ``r1_every`` steps.
+        r1_every: lazy-regularisation interval.
+        lr: Adam learning rate for G and D (2e-4, no decay).
+        betas: Adam betas ((0, 0.999) in the thesis).
+        ema_decay: keep an exponential moving average of the generator for validation and export
+            (None disables it).
+        grid_size: sources × targets in the logged swap grid.
+    """
+
+    def __init__(
+        self,
+        resolution: int = 512,
+        prior_ckpt: str | None = None,
+        id_encoder_ckpt: str | None = None,
+        random_prior: bool = False,
+        random_id_encoder: bool = False,
+        channel_multiplier: float = 1,
+        narrow: float = 1.0,
+        num_mlp: int = 8,
+        unet_narrow: float = 0.5,
+        id_injection: Literal["modulation", "adain"] = "modulation",
+        unet_skips: bool = False,
+        id_blocks_bottleneck: int = 2,
+        train_prior: bool = False,
+        component_discriminators: bool = True,
+        component_width: int = 64,
+        id_weight: float = 10.0,
+        recon_weight: float = 10.0,
+        adv_weight: float = 1.0,
+        fm_weight: float = 5.0,
+        component_weight: float = 1.0,
+        fm_layers: int = 2,
+        r1_weight: float = 10.0,
+        r1_every: int = 16,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.0, 0.999),
+        ema_decay: float | None = 0.999,
+        grid_size: int = 4,
+        id_encoder_depth: int = 18,
+        _arch_only: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters(ignore=["_arch_only"])
+        self.automatic_optimization = False
+        prior = self._build_prior(_arch_only)
+        if prior.cfg.out_size != resolution:
+            raise ValueError(
+                f"FaceSwapModule: resolution {resolution} does not match the StyleGAN2 prior "
+                f"({prior.cfg.out_size} px"
+                f"{' from ' + prior_ckpt if prior_ckpt else ''}); set resolution to the prior's size"
+            )
+        gcfg = FaceSwapGeneratorConfig(
+            out_size=resolution, num_style_feat=prior.cfg.num_style_feat, num_mlp=prior.cfg.num_mlp,
+            channel_multiplier=prior.cfg.channel_multiplier, narrow=prior.cfg.narrow, unet_narrow=unet_narrow,
+            id_injection=id_injection, unet_skips=unet_skips, id_blocks_bottleneck=id_blocks_bottleneck,
+            train_prior=train_prior,
+        )  # fmt: skip
+        self.generator = FaceSwapGenerator(gcfg, prior)
+        self.arcface = self._build_id_encoder(_arch_only)
+        self.embedder = ArcFaceEmbedder(self.arcface)
+        self.discriminator = StyleGAN2Discriminator(prior.cfg)
+        self.components = nn.ModuleDict(
+            {name: FacialComponentDiscriminator(component_width) for name in COMPONENTS}
+            if component_discriminators
+            else {}
+        )
+        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay else None
+        self.id_loss = IdentityLoss(id_weight)
+        self.recon_loss = ReconstructionLoss(recon_weight)
+        self.fm_loss = WeakFeatureMatchingLoss(fm_weight, fm_layers)
+        self.val_retrieval = IDRetrieval(self.embedder)
+        self.val_cosine = IDCosine(self.embedder)
+        self._grid: Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------- building
+    def _build_prior(self, arch_only: bool) -> StyleGAN2Generator:
+        h = self.hparams
+        if h.prior_ckpt and not arch_only:
+            prior = load_stylegan2(h.prior_ckpt)
+            self.hparams["channel_multiplier"] = prior.cfg.channel_multiplier  # saved for rebuilding
+            self.hparams["narrow"] = prior.cfg.narrow
+            self.hparams["num_mlp"] = prior.cfg.num_mlp
+            return prior
+        if not (h.random_prior or arch_only):
+            raise ValueError(
+                "FaceSwapModule: needs prior_ckpt (a StyleGAN2 generator in GFPGAN's clean layout, e.g. "
+                "StyleGAN2_512_Cmul1_FFHQ_B12G4_scratch_800k.pth) or random_prior=True (synthetic demos)"
+            )
+        cfg = StyleGAN2Config(h.resolution, 512, h.num_mlp, h.channel_multiplier, h.narrow)
+        return StyleGAN2Generator(cfg)
+
+    def _build_id_encoder(self, arch_only: bool) -> nn.Module:
+        h = self.hparams
+        if h.id_encoder_ckpt and not arch_only:
+            net = load_arcface(h.id_encoder_ckpt)
+            self.hparams["id_encoder_depth"] = {v: k for k, v in IRESNET_LAYERS.items()}[net.layers_cfg]
+            return net
+        if not (h.random_id_encoder or arch_only):
+            raise ValueError(
+                "FaceSwapModule: needs id_encoder_ckpt (an arcface_torch backbone.pth or a checkpoint of "
+                "`repsuite fit --config configs/faceswap/idnet_demo.yaml`) or random_id_encoder=True (tests)"
+            )
+        return iresnet(h.id_encoder_depth).eval().requires_grad_(False)
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FaceSwapModule:
+        """Rebuild from a checkpoint alone (weights_only load); the prior and ArcFace weights are inside."""
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        return cls._from_state(ckpt)
+
+    @classmethod
+    def _from_state(cls, ckpt: dict) -> FaceSwapModule:
+        names = inspect.signature(cls.__init__).parameters
+        hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in names}  # drops the CLI's _class_path
+        module = cls(**hp, _arch_only=True)
+        module.load_state_dict(ckpt["state_dict"])
+        return module.eval()
+
+    def train(self, mode: bool = True) -> FaceSwapModule:
+        """The identity encoder always stays in eval mode (frozen batch-norm statistics)."""
+        super().train(mode)
+        self.arcface.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def swap_generator(self) -> FaceSwapGenerator:
+        """The generator used for validation and export (the EMA copy when kept)."""
+        return self.generator_ema if self.generator_ema is not None else self.generator
+
+    @torch.no_grad()
+    def swap(self, sources: Tensor, targets: Tensor) -> Tensor:
+        """Swap aligned faces: identity of ``sources`` onto ``targets`` (B, 3, S, S) in [-1, 1]."""
+        gen = self.swap_generator()
+        return gen(targets, self.embedder(sources), randomize_noise=False).clamp(-1, 1)
+
+    def _landmarks(self, batch: dict[str, Any]) -> Tensor | None:
+        lm = batch.get("target_landmarks")
+        if lm is None:
+            return None
+        missing = torch.isnan(lm).any(-1).any(-1)  # (B,)
+        if missing.any():  # images without landmarks use the aligned-face template
+            lm = lm.clone()
+            lm[missing] = face_template(self.hparams.resolution).to(lm)
+        return lm
+
+    def _set_d_grad(self, flag: bool) -> None:
+        self.discriminator.requires_grad_(flag)
+        self.components.requires_grad_(flag)
+
+    # ------------------------------------------------------------------------------------------- training
+    def generator_losses(self, batch: dict[str, Any], swap: Tensor, id_src: Tensor) -> dict[str, Tensor]:
+        """Every generator term (weighted), for one batch of swaps."""
+        h = self.hparams
+        logits, fake_feats = self.discriminator(swap, return_features=True)
+        with torch.no_grad():
+            _, real_feats = self.discriminator(batch["target"], return_features=True)
+        terms = {
+            "g_adv": h.adv_weight * generator_adversarial_loss(logits),
+            "id": self.id_loss(self.embedder(swap), id_src),
+            "recon": self.recon_loss(swap, batch["target"], batch["same_identity"]),
+            "fm": self.fm_loss(fake_feats, real_feats),
+        }
+        if len(self.components):
+            crops = crop_components(swap, self._landmarks(batch))
+            for name, d in self.components.items():
+                terms[f"g_{name}"] = h.component_weight * generator_adversarial_loss(d(crops[name]))
+        return terms
+
+    def discriminator_losses(self, batch: dict[str, Any], swap: Tensor, r1: bool) -> dict[str, Tensor]:
+        """Every discriminator term (the swap is detached)."""
+        h = self.hparams
+        real = batch["target"].detach().requires_grad_(r1)
+        real_logits = self.discriminator(real)
+        terms = {"d_adv": discriminator_adversarial_loss(real_logits, self.discriminator(swap.detach()))}
+        if r1:
+            terms["r1"] = 0.5 * h.r1_weight * h.r1_every * r1_penalty(real_logits, real)
+        if len(self.components):
+            lm = self._landmarks(batch)
+            real_crops, fake_crops = crop_components(batch["target"], lm), crop_components(swap.detach(), lm)
+            for name, d in self.components.items():
+                terms[f"d_{name}"] = discriminator_adversarial_loss(d(real_crops[name]), d(fake_crops[name]))
+        return terms
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """One G step then one D step (separate Adam optimizers), EMA update, every term logged."""
+        h = self.hparams
+        opt_g, opt_d = self.optimizers()
+        step = self.global_step // 2  # manual optimization counts the steps of both optimizers
+        r1 = h.r1_weight > 0 and step % h.r1_every == 0
+        with torch.no_grad():
+            id_src = self.embedder(batch["source"])
+        swap = self.generator(batch["target"], id_src)
+        self._set_d_grad(False)
+        g_terms = self.generator_losses(batch, swap, id_src)
+        loss_g = sum(g_terms.values())
+        opt_g.zero_grad(set_to_none=True)
+        self.manual_backward(loss_g)
+        opt_g.step()
+        self._set_d_grad(True)
+        d_terms = self.discriminator_losses(batch, swap, r1)
+        loss_d = sum(d_terms.values())
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(loss_d)
+        opt_d.step()
+        if self.generator_ema is not None:
+            self._update_ema()
+        n = batch["target"].shape[0]
+        self.log_dict({f"train/{k}": v.detach() for k, v in {**g_terms, **d_terms}.items()}, batch_size=n)
+        self.log("train/loss_g", loss_g.detach(), prog_bar=True, batch_size=n)
+        self.log("train/loss_d", loss_d.detach(), prog_bar=True, batch_size=n)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.hparams.ema_decay
+        for e, p in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - decay)
+        for e, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
+            e.copy_(b)
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        """Adam for G (its trainable part) and for all discriminators; β = (0, 0.999), lr 2e-4, no decay."""
+        h = self.hparams
+        d_params = list(self.discriminator.parameters()) + list(self.components.parameters())
+        opt_g = torch.optim.Adam(self.generator.trainable_parameters(), lr=h.lr, betas=tuple(h.betas))
+        opt_d = torch.optim.Adam(d_params, lr=h.lr, betas=tuple(h.betas))
+        return [opt_g, opt_d]
+
+    # ------------------------------------------------------------------------------------------- evaluation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        """Swaps of the validation pairs: ID retrieval / cosine, PSNR against ground-truth swaps if given."""
+        swaps = self.swap(batch["source"], batch["target"])
+        self.val_retrieval.update(swaps, batch["source"], batch["source_identity"])
+        self.val_cosine.update(swaps, batch["source"])
+        n = swaps.shape[0]
+        if "ground_truth" in batch:
+            gt = batch["ground_truth"]
+            self.log("val/psnr", _psnr(swaps, gt), batch_size=n, sync_dist=True)
+            self.log("val/psnr_copy_target", _psnr(batch["target"], gt), batch_size=n, sync_dist=True)
+            self.log("val/psnr_copy_source", _psnr(batch["source"], gt), batch_size=n, sync_dist=True)
+        if batch_idx == 0:
+            self._grid = self.swap_grid(batch["source"], batch["target"])
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the metrics and the source × target grid (W&B, TensorBoard, and a PNG in the log folder)."""
+        self.log("val/id_retrieval", self.val_retrieval.compute())
+        self.log("val/id_cosine", self.val_cosine.compute())
+        self.val_retrieval.reset()
+        self.val_cosine.reset()
+        if self._grid is not None and self.trainer is not None and not self.trainer.sanity_checking:
+            self._log_grid(self._grid)
+        self._grid = None
+
+    @torch.no_grad()
+    def swap_grid(self, sources: Tensor, targets: Tensor) -> Tensor:
+        """(3, H, W) image in [0, 1]: top row sources, left column targets, swaps in between."""
+        import torchvision
+
+        k = min(self.hparams.grid_size, sources.shape[0], targets.shape[0])
+        src, tgt = sources[:k], targets[:k]
+        blank = torch.ones_like(src[:1])
+        tiles = [blank, src]
+        for t in tgt:
+            tiles += [t[None], self.swap(src, t[None].expand_as(src))]
+        grid = torchvision.utils.make_grid(torch.cat(tiles), nrow=k + 1, padding=2, pad_value=1.0)
+        return ((grid + 1) / 2).clamp(0, 1).float().cpu()
+
+    def _log_grid(self, grid: Tensor) -> None:
+        import torchvision
+
+        step = self.global_step
+        for logger in self.loggers:
+            name = type(logger).__name__
+            if name == "WandbLogger":
+                logger.log_image("val/swap_grid", [grid], step=step)
+            elif name == "TensorBoardLogger":
+                logger.experiment.add_image("val/swap_grid", grid, step)
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        torchvision.utils.save_image(grid, folder / "swap_grid.png")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
+        """Swaps (B, 3, S, S) in [-1, 1] with the pair names."""
+        return {"name": batch.get("name"), "swap": self.swap(batch["source"], batch["target"]).cpu()}
+
+
+def _psnr(a: Tensor, b: Tensor) -> Tensor:
+    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
+    return (10 * torch.log10(4.0 / mse)).mean()

@@ -1,0 +1,333 @@
+"""FaceSwapModule / IdentityModule via the real CLI on synthetic faces, the data pipeline and the tools."""
+
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+from repsuite.cli import main, run_cli
+from repsuite.faceswap import FaceSwapDataModule, FaceSwapModule, load_arcface
+from repsuite.faceswap.data import FaceImageError, PairFolderDataset
+from repsuite.faceswap.synthetic import SyntheticFacesSpec, write_synthetic_faces
+from tests.faceswap.test_stylegan2 import gfpgan_generator_keys, random_state
+
+TINY_MODEL = [
+    "--model=FaceSwapModule",
+    "--model.resolution=32",
+    "--model.random_prior=true",
+    "--model.train_prior=true",
+    "--model.random_id_encoder=true",
+    "--model.narrow=0.0625",
+    "--model.num_mlp=2",
+    "--model.component_width=8",
+    "--model.r1_every=1",
+    "--model.grid_size=2",
+]
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faces")
+    spec = SyntheticFacesSpec(
+        resolution=32, identities=4, images_per_identity=3, ffhq_images=4, eval_identities=3, eval_pairs=4
+    )
+    return write_synthetic_faces(root, spec)
+
+
+def _data(faces, **extra):
+    args = [
+        "--data=FaceSwapDataModule",
+        f"--data.vggface2_root={faces / 'vggface2_hq'}",
+        f"--data.ffhq_root={faces / 'ffhq'}",
+        f"--data.val_pairs_root={faces / 'pairs'}",
+        "--data.resolution=32",
+        "--data.batch_size=2",
+        "--data.eval_batch_size=2",
+    ]
+    return args + [f"--data.{k}={v}" for k, v in extra.items()]
+
+
+TRAINER = [
+    "--trainer.accelerator=cpu",
+    "--trainer.max_epochs=1",
+    "--trainer.limit_train_batches=2",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+    "--trainer.log_every_n_steps=1",
+]
+
+
+def test_fit_logs_every_term_and_the_grid_and_reloads_from_the_checkpoint(faces, in_tmp):
+    cli = run_cli(["fit", *TINY_MODEL, *_data(faces), *TRAINER, "--trainer.default_root_dir=run"])
+    m = cli.trainer.callback_metrics
+    for key in (
+        "train/g_adv",
+        "train/id",
+        "train/recon",
+        "train/fm",
+        "train/g_left_eye",
+        "train/g_mouth",
+        "train/d_adv",
+        "train/d_right_eye",
+        "train/r1",
+        "val/id_retrieval",
+        "val/id_cosine",
+        "val/psnr",
+        "val/psnr_copy_target",
+        "val/psnr_copy_source",
+    ):
+        assert key in m and torch.isfinite(m[key]), key
+    grid = next(in_tmp.glob("run/**/swap_grid.png"))
+    assert Image.open(grid).size == (3 * 32 + 4 * 2, 3 * 32 + 4 * 2)  # 2 sources x 2 targets + headers
+    ckpt = next(in_tmp.glob("run/**/*.ckpt"))
+    state = torch.load(ckpt, weights_only=True)
+    assert "generator_ema.stylegan.constant_input.weight" in state["state_dict"]
+    reloaded = FaceSwapModule.from_checkpoint(ckpt)
+    pairs = PairFolderDataset(faces / "pairs", 32)
+    s, t = pairs[0]["source"][None], pairs[0]["target"][None]
+    torch.testing.assert_close(reloaded.swap(s, t), cli.model.eval().swap(s, t))
+
+
+def test_missing_weights_and_resolution_mismatch_are_explained(tmp_path):
+    with pytest.raises(ValueError, match="needs prior_ckpt"):
+        FaceSwapModule(resolution=32, random_id_encoder=True)
+    with pytest.raises(ValueError, match="needs id_encoder_ckpt"):
+        FaceSwapModule(resolution=32, random_prior=True, narrow=0.0625, num_mlp=2)
+    torch.save(
+        {"params_ema": random_state(gfpgan_generator_keys(64, 1, 0.0625, 512, 2))}, tmp_path / "prior.pth"
+    )
+    with pytest.raises(
+        ValueError, match=r"resolution 32 does not match the StyleGAN2 prior \(64 px from .*prior\.pth\)"
+    ):
+        FaceSwapModule(resolution=32, prior_ckpt=str(tmp_path / "prior.pth"), random_id_encoder=True)
+    m = FaceSwapModule(resolution=64, prior_ckpt=str(tmp_path / "prior.pth"), random_id_encoder=True)
+    assert m.hparams.narrow == 0.0625 and m.generator.stylegan.cfg.num_mlp == 2
+
+
+def test_datamodule_counts_bad_images_and_handles_singletons(faces, tmp_path, caplog):
+    root = tmp_path / "vgg"
+    shutil.copytree(faces / "vggface2_hq", root)
+    (root / "n000000/broken.jpg").write_bytes(b"not an image")
+    Image.new("L", (32, 32)).save(root / "n000001/grey.png")
+    Image.new("RGB", (32, 40)).save(root / "n000002/wide.png")
+    dm = FaceSwapDataModule(
+        vggface2_root=str(root), resolution=32, same_identity_ratio=1.0, val_pairs_root=str(faces / "pairs")
+    )
+    with caplog.at_level("WARNING"):
+        dm.setup("fit")
+    assert dm.skipped == {"unreadable": 1, "not RGB": 1, "not square": 1}
+    assert "broken.jpg" in caplog.text and "grey.png" in caplog.text
+    ds = dm.train_set
+    single = next(i for i, f in enumerate(ds.images) if len(ds.by_identity[f.identity]) == 1)
+    item = ds[single]
+    assert item["same_identity"] and item["same_image"]  # a singleton pairs with itself
+    other = next(i for i, f in enumerate(ds.images) if len(ds.by_identity[f.identity]) > 1)
+    assert not ds[other]["same_image"] and torch.isfinite(ds[other]["target_landmarks"]).all()
+    ffhq_only = FaceSwapDataModule(ffhq_root=str(faces / "ffhq"), resolution=16, val_pairs=2)
+    ffhq_only.setup("fit")
+    batch = next(iter(ffhq_only.train_dataloader()))
+    assert batch["source"].shape[-1] == 16 and (batch["source_identity"] == -1).all()
+    first = ffhq_only.train_set[0]["target_landmarks"]  # landmarks follow the resize (32 -> 16 px)
+    torch.testing.assert_close(first, ffhq_only.train_set.images[0].landmarks * 0.5)
+    with pytest.raises(ValueError, match="give vggface2_root, ffhq_root or both"):
+        FaceSwapDataModule()
+    (root / "n000003").mkdir(exist_ok=True)
+    (root / "landmarks.json").write_text(json.dumps({"n000000/0000.jpg": [[1, 2]]}))
+    with pytest.raises(FaceImageError, match=r"landmarks\.json: entry 'n000000/0000\.jpg' must be 5"):
+        FaceSwapDataModule(vggface2_root=str(root), resolution=32).setup("fit")
+
+
+@pytest.mark.slow
+def test_identity_encoder_training_feeds_the_swapper(faces, in_tmp):
+    cli = run_cli(
+        [
+            "fit",
+            "--model=IdentityModule",
+            "--data=FaceIdentityDataModule",
+            f"--data.vggface2_root={faces / 'vggface2_hq'}",
+            "--data.resolution=32",
+            "--data.batch_size=4",
+            "--trainer.accelerator=cpu",
+            "--trainer.max_steps=2",
+            "--trainer.enable_progress_bar=false",
+            "--trainer.default_root_dir=idnet",
+        ]
+    )
+    assert cli.model.hparams.num_classes == 5  # linked from the data (4 identities + the singleton)
+    ckpt = next(in_tmp.glob("idnet/**/*.ckpt"))
+    net = load_arcface(ckpt)
+    torch.testing.assert_close(net.fc.weight, cli.model.backbone.fc.weight)
+    swapper = FaceSwapModule(
+        resolution=32, random_prior=True, narrow=0.0625, num_mlp=2, id_encoder_ckpt=str(ckpt)
+    )
+    assert swapper.hparams.id_encoder_depth == 18
+
+
+@pytest.mark.slow
+def test_tools_swap_align_eval_and_provenance(faces, tmp_path, in_tmp, capsys):
+    run_cli(
+        [
+            "fit",
+            *TINY_MODEL,
+            *_data(faces),
+            *TRAINER,
+            "--trainer.max_steps=2",
+            "--trainer.default_root_dir=run",
+        ]
+    )
+    ckpt = str(next(in_tmp.glob("run/**/*.ckpt")))
+    pairs = faces / "pairs"
+    out = tmp_path / "one.png"
+    assert (
+        main(
+            [
+                "faceswap",
+                "swap",
+                "--ckpt",
+                ckpt,
+                "--source",
+                str(pairs / "source/0000.png"),
+                "--target",
+                str(pairs / "target/0000.png"),
+                "-o",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    info = Image.open(out).text
+    assert (
+        info["synthetic"] == "true" and len(info["repsuite-checkpoint-sha256"]) == 64 and "repsuite" in info
+    )
+    assert (
+        main(
+            [
+                "faceswap",
+                "swap",
+                "--ckpt",
+                ckpt,
+                "--source",
+                str(pairs / "source"),
+                "--target",
+                str(pairs / "target"),
+                "-o",
+                str(tmp_path / "folder"),
+            ]
+        )
+        == 0
+    )
+    assert len(list((tmp_path / "folder").glob("*.png"))) == 4
+    # a photo with landmarks: aligned, swapped, pasted back at the photo's size
+    photo = Image.new("RGB", (90, 70), (40, 90, 140))
+    photo.paste(Image.open(pairs / "target/0001.png").resize((48, 48)), (20, 10))
+    photo.save(tmp_path / "photo.jpg")
+    lm = " ".join(
+        f"{20 + x * 1.5},{10 + y * 1.5}"
+        for x, y in json.loads((faces / "ffhq/landmarks.json").read_text())["images1024x1024/00000/00000.png"]
+    )
+    assert (
+        main(
+            [
+                "faceswap",
+                "swap",
+                "--ckpt",
+                ckpt,
+                "--source",
+                str(pairs / "source/0001.png"),
+                "--target",
+                str(tmp_path / "photo.jpg"),
+                "--target-landmarks",
+                lm,
+                "-o",
+                str(tmp_path / "photo_swap.png"),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "photo_swap.png").size == (90, 70)
+    assert (
+        main(
+            [
+                "faceswap",
+                "align",
+                str(tmp_path / "photo.jpg"),
+                "--landmarks",
+                lm,
+                "--size",
+                "32",
+                "-o",
+                str(tmp_path / "crop.png"),
+                "--matrix",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    assert Image.open(tmp_path / "crop.png").size == (32, 32)
+    capsys.readouterr()
+    assert (
+        main(["faceswap", "eval", str(pairs), "--ckpt", ckpt, "--json", str(tmp_path / "r.json"), "--fid"])
+        == 0
+    )
+    text = capsys.readouterr().out
+    assert "ID retrieval" in text and "(chance 33.33%)" in text and "copy target" in text
+    res = json.loads((tmp_path / "r.json").read_text())
+    assert {"id_retrieval", "id_cosine", "psnr_swap", "psnr_copy_target", "psnr_copy_source", "fid"} <= set(
+        res
+    )
+    # bad inputs: a pickled checkpoint, a JPEG output name, a wrong landmark count
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.ckpt")
+    assert (
+        main(
+            [
+                "faceswap",
+                "swap",
+                "--ckpt",
+                str(tmp_path / "pickled.ckpt"),
+                "--source",
+                str(out),
+                "--target",
+                str(out),
+                "-o",
+                str(tmp_path / "x.png"),
+            ]
+        )
+        == 1
+    )
+    assert "--trust-checkpoint" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "faceswap",
+                "swap",
+                "--ckpt",
+                ckpt,
+                "--source",
+                str(out),
+                "--target",
+                str(out),
+                "-o",
+                str(tmp_path / "x.jpg"),
+            ]
+        )
+        == 1
+    )
+    assert "use a .png name" in capsys.readouterr().err
+    assert (
+        main(
+            [
+                "faceswap",
+                "align",
+                str(tmp_path / "photo.jpg"),
+                "--landmarks",
+                "1,2 3,4",
+                "-o",
+                str(tmp_path / "c.png"),
+            ]
+        )
+        == 1
+    )
+    assert "expected 5 points" in capsys.readouterr().err
