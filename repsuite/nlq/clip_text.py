@@ -34,6 +34,7 @@ from repsuite.nlq.features import FeatureError
 __all__ = [
     "ClipTextTower",
     "TextCacheManifest",
+    "cache_matches",
     "cache_text_features",
     "clip_text_width",
     "default_cache_name",
@@ -161,6 +162,16 @@ class TextCacheManifest(dict):
             question_normalisation="repsuite.nlq.annotations.normalize_question",
             file_pattern="<annotation_uid>_<query_idx>.pt",
         )
+
+
+def cache_matches(out_dir: str | Path, model: str, checkpoint: str | None) -> bool:
+    """True when ``out_dir/manifest.json`` says ``model`` made the cache from ``checkpoint``'s bytes."""
+    path = Path(out_dir) / MANIFEST
+    if not path.exists():
+        return False
+    old = json.loads(path.read_text())
+    sha = file_sha256(checkpoint) if checkpoint else None
+    return old.get("model") == resolve_clip_model(model) and old.get("checkpoint_sha256") == sha
 
 
 def _atomic_save(tensor: Tensor, path: Path) -> None:

@@ -18,7 +18,13 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from repsuite.nlq.annotations import load_nlq_annotations
-from repsuite.nlq.clip_text import ClipTextTower, cache_text_features, clip_text_width, default_cache_name
+from repsuite.nlq.clip_text import (
+    ClipTextTower,
+    cache_matches,
+    cache_text_features,
+    clip_text_width,
+    default_cache_name,
+)
 from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
 from repsuite.nlq.features import FeatureError, FeatureSource, load_feature_file
 from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
@@ -178,11 +184,9 @@ class Ego4DNLQDataModule(LightningDataModule):
         files = [self.base / "annotations" / f for f in SPLIT_FILES.values()]
         queries = [q for f in files if f.exists() for q in load_nlq_annotations(f).queries]
         out = self.base / h.text_features
-        if (
-            all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
-            and (out / "manifest.json").exists()
-        ):
-            return
+        complete = all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
+        if complete and cache_matches(out, h.clip_model, h.clip_checkpoint):
+            return  # made by these weights: no need to build the tower
         tower = ClipTextTower(h.clip_model, h.clip_checkpoint, random_init=h.clip_random_init)
         counts = cache_text_features(queries, out, tower)
         rank_zero_info(f"[Ego4DNLQDataModule] CLIP text cache {out}: {counts}")

@@ -220,3 +220,16 @@ def test_extract_text_cli_then_fit_reads_the_files(tmp_path, in_tmp):
         ]
     )
     assert cli.model.hparams.text_dim == 24 and (root / "v2/clip_text_tiny_clip/manifest.json").exists()
+
+
+def test_datamodule_refuses_a_complete_cache_made_by_other_weights(tmp_path):
+    config = _config(tmp_path)
+    a, _ = _checkpoint(tmp_path, config, seed=0, name="a.pt")
+    b, _ = _checkpoint(tmp_path, config, seed=1, name="b.pt")
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    kw = {"features": FEATS, "text": "clip", "clip_model": str(config)}
+    Ego4DNLQDataModule(str(root), clip_checkpoint=str(a), **kw).prepare_data()
+    Ego4DNLQDataModule(str(root), clip_checkpoint=str(a), **kw).prepare_data()  # complete: nothing to do
+    with pytest.raises(FeatureError, match="made differently"):
+        Ego4DNLQDataModule(str(root), clip_checkpoint=str(b), **kw).prepare_data()
