@@ -82,6 +82,11 @@ class FaceSwapDataModule(LightningDataModule):
         self.skipped: Counter = Counter()
         self._augment = None
 
+    def __str__(self) -> str:
+        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
+        # arguments, which would parse (and skip) data before prepare_data has run
+        return f"{type(self).__name__}({dict(self.hparams)})"
+
     def _images(self) -> tuple[list[FaceImage], list[FaceImage]]:
         """(training images, held-out VGGFace2 images for validation pairs)."""
         h = self.hparams
@@ -247,6 +252,11 @@ class FaceIdentityDataModule(LightningDataModule):
         # one class per identity folder (the label is the folder's index in sorted order), known before setup
         # so the CLI can link it to the model's margin head
         self.num_classes = sum(1 for p in root.iterdir() if p.is_dir())
+
+    def __str__(self) -> str:
+        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
+        # arguments, which would parse (and skip) data before prepare_data has run
+        return f"{type(self).__name__}({dict(self.hparams)})"
 
     def setup(self, stage: str) -> None:
         """Per identity: the first image validates (when there are two or more), the rest train."""

@@ -116,6 +116,11 @@ class Ego4DNLQDataModule(LightningDataModule):
         self.sources = [FeatureSource(name, self.base / name) for name in self.feature_names]
         self.datasets: dict[str, Ego4DNLQDataset] = {}
 
+    def __str__(self) -> str:
+        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
+        # arguments, which would parse (and skip) data before prepare_data has run
+        return f"{type(self).__name__}({dict(self.hparams)})"
+
     @property
     def video_dim(self) -> int:
         """Width of the video rows the model receives (read from the feature files)."""

@@ -146,3 +146,9 @@ def test_cli_links_feature_widths_into_the_model(in_tmp):
     assert isinstance(cli.model, NLQModule)
     assert cli.model.hparams.video_dim == 26 and cli.model.hparams.text_dim == 0
     assert cli.model.model is not None  # built at construction: the widths came from the files
+
+
+def test_str_does_not_build_datasets():
+    """jsonargparse calls str() on the DataModule while linking arguments, before prepare_data has run."""
+    dm = Ego4DNLQDataModule(DATA, features=FEATS)
+    assert "Ego4DNLQDataModule" in str(dm) and dm.datasets == {}
