@@ -98,16 +98,15 @@ def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str 
     return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
 
 
-def to_arcface_input(faces: Tensor, landmarks: Tensor | None = None) -> Tensor:
-    """Aligned faces (B, 3, S, S) → ArcFace's 112×112 crops (differentiable).
+def to_arcface_input(faces: Tensor, landmarks: Tensor | None = None, size: int = 112) -> Tensor:
+    """Aligned faces (B, 3, S, S) → ArcFace crops (B, 3, size, size), differentiable.
 
     Without ``landmarks`` (B, 5, 2) the faces are assumed to follow the FFHQ template at their size, so one
-    similarity transform maps them onto insightface's template without re-detecting.
+    similarity transform maps them onto insightface's template (scaled to ``size``) without re-detecting.
     """
-    size = faces.shape[-1]
-    src = landmarks if landmarks is not None else face_template(size).to(faces.device)
-    m = estimate_similarity(src, ARCFACE_112.to(faces.device))
-    return warp_affine(faces, m, (112, 112))
+    src = landmarks if landmarks is not None else face_template(faces.shape[-1]).to(faces.device)
+    m = estimate_similarity(src, ARCFACE_112.to(faces.device) * (size / 112.0))
+    return warp_affine(faces, m, (size, size))
 
 
 def component_boxes(

@@ -48,17 +48,28 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    """ArcFace's IResNet for 112×112 inputs.
+    """ArcFace's IResNet (112×112 inputs, as every published checkpoint).
 
     Args:
         layers: blocks per stage (see :data:`IRESNET_LAYERS`).
         num_features: embedding width (512).
         dropout: dropout before the embedding layer (0 in inference).
+        input_size: face crop size, a multiple of 16 (112 for published weights; smaller crops such as 64
+            make CPU demos ~3× cheaper; only ``fc``'s input width depends on it).
     """
 
-    def __init__(self, layers: tuple[int, int, int, int], num_features: int = 512, dropout: float = 0.0):
+    def __init__(
+        self,
+        layers: tuple[int, int, int, int],
+        num_features: int = 512,
+        dropout: float = 0.0,
+        input_size: int = 112,
+    ):
         super().__init__()
+        if input_size % 16:
+            raise ValueError(f"IResNet: input_size must be a multiple of 16, got {input_size}")
         self.layers_cfg = tuple(layers)
+        self.input_size = input_size
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
@@ -71,26 +82,27 @@ class IResNet(nn.Module):
             in_planes = planes
         self.bn2 = nn.BatchNorm2d(512, eps=1e-5)
         self.dropout = nn.Dropout(dropout)
-        self.fc = nn.Linear(512 * 7 * 7, num_features)
+        self.fc = nn.Linear(512 * (input_size // 16) ** 2, num_features)
         self.features = nn.BatchNorm1d(num_features, eps=1e-5)
         nn.init.constant_(self.features.weight, 1.0)
         self.features.weight.requires_grad = False  # insightface keeps the final BN's scale at 1
 
     def forward(self, x: Tensor) -> Tensor:
-        """Aligned faces (B, 3, 112, 112) in [-1, 1] -> embeddings (B, num_features), not normalised."""
-        if x.shape[-2:] != (112, 112) or x.shape[1] != 3:
-            raise ValueError(f"IResNet: expected aligned faces (B, 3, 112, 112), got {tuple(x.shape)}")
+        """Aligned crops (B, 3, s, s) in [-1, 1], s = ``input_size`` -> embeddings (B, num_features)."""
+        s = self.input_size
+        if x.shape[-2:] != (s, s) or x.shape[1] != 3:
+            raise ValueError(f"IResNet: expected aligned faces (B, 3, {s}, {s}), got {tuple(x.shape)}")
         x = self.prelu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, 7, 7)
-        x = self.dropout(torch.flatten(self.bn2(x), 1))  # (B, 512·49)
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))  # (B, 512, s/16, s/16)
+        x = self.dropout(torch.flatten(self.bn2(x), 1))  # (B, 512·(s/16)²)
         return self.features(self.fc(x))
 
 
-def iresnet(depth: int, num_features: int = 512, dropout: float = 0.0) -> IResNet:
+def iresnet(depth: int, num_features: int = 512, dropout: float = 0.0, input_size: int = 112) -> IResNet:
     """IResNet-18/34/50/100."""
     if depth not in IRESNET_LAYERS:
         raise ValueError(f"IResNet depth must be one of {sorted(IRESNET_LAYERS)}, got {depth}")
-    return IResNet(IRESNET_LAYERS[depth], num_features, dropout)
+    return IResNet(IRESNET_LAYERS[depth], num_features, dropout, input_size)
 
 
 class ArcMarginHead(nn.Module):
@@ -153,8 +165,9 @@ def load_arcface(path: str | Path, strict: bool = True) -> IResNet:
             f"{path}: not an arcface_torch IResNet-18/34/50/100 (blocks per stage {tuple(blocks)}; expected "
             f"one of {sorted(IRESNET_LAYERS.values())})"
         )
-    num_features = state["fc.weight"].shape[0] if "fc.weight" in state else 512
-    net = iresnet(depth, num_features)
+    num_features, fc_in = state["fc.weight"].shape if "fc.weight" in state else (512, 512 * 49)
+    input_size = 16 * round((fc_in / 512) ** 0.5)  # 112 for every published checkpoint
+    net = iresnet(depth, num_features, input_size=input_size)
     if strict:
         check_keys(state, net.state_dict(), str(path), f"IResNet-{depth}")
     net.load_state_dict(state, strict=strict)

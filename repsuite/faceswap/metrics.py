@@ -36,7 +36,7 @@ class ArcFaceEmbedder(nn.Module):
 
     def forward(self, faces: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, D)."""
-        return self.arcface(to_arcface_input(faces))
+        return self.arcface(to_arcface_input(faces, size=getattr(self.arcface, "input_size", 112)))
 
 
 class IDRetrieval(Metric):

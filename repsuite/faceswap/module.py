@@ -58,6 +58,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ema_decay: keep an exponential moving average of the generator for validation and export
             (None disables it).
         grid_size: sources × targets in the logged swap grid.
+        id_encoder_depth, id_encoder_input_size: architecture of a random identity encoder (read from
+            ``id_encoder_ckpt`` otherwise).
     """
 
     def __init__(
@@ -90,6 +92,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ema_decay: float | None = 0.999,
         grid_size: int = 4,
         id_encoder_depth: int = 18,
+        id_encoder_input_size: int = 112,
         _arch_only: bool = False,
     ) -> None:
         super().__init__()
@@ -147,13 +150,14 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         if h.id_encoder_ckpt and not arch_only:
             net = load_arcface(h.id_encoder_ckpt)
             self.hparams["id_encoder_depth"] = {v: k for k, v in IRESNET_LAYERS.items()}[net.layers_cfg]
+            self.hparams["id_encoder_input_size"] = net.input_size
             return net
         if not (h.random_id_encoder or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs id_encoder_ckpt (an arcface_torch backbone.pth or a checkpoint of "
                 "`repsuite fit --config configs/faceswap/idnet_demo.yaml`) or random_id_encoder=True (tests)"
             )
-        return iresnet(h.id_encoder_depth).eval().requires_grad_(False)
+        return iresnet(h.id_encoder_depth, input_size=h.id_encoder_input_size).eval().requires_grad_(False)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FaceSwapModule:

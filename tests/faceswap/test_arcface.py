@@ -139,3 +139,12 @@ def test_arc_margin_head():
             expect = math.cos(theta + 0.5) if c == labels[b] else float(cos[b, c])
             assert float(logits[b, c]) == pytest.approx(64 * expect, abs=1e-3)
     torch.testing.assert_close(head(emb), cos * 64, rtol=1e-5, atol=1e-4)
+
+
+def test_smaller_crops_for_cpu_demos_round_trip_through_load_arcface(tmp_path):
+    net = iresnet(18, input_size=64)
+    assert net.fc.in_features == 512 * 16 and net(torch.rand(2, 3, 64, 64)).shape == (2, 512)
+    torch.save(net.state_dict(), tmp_path / "small.pth")
+    assert load_arcface(tmp_path / "small.pth").input_size == 64
+    with pytest.raises(ValueError, match="multiple of 16"):
+        iresnet(18, input_size=100)
