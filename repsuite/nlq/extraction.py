@@ -372,6 +372,14 @@ class FeatureWriter(BasePredictionWriter):
         mpath = self.out_dir / MANIFEST
         old = json.loads(mpath.read_text()) if mpath.exists() else {}
         videos = {**old.get("videos", {}), **records}
+        for uid in merged.skipped:  # finished by an earlier run that stopped before writing its manifest
+            if uid not in videos:
+                rows = torch.load(
+                    self.out_dir / f"{uid}.pt", map_location="cpu", weights_only=True, mmap=True
+                )
+                videos[uid] = {"rows": int(rows.shape[0]), "note": "written by an interrupted earlier run"}
         failed = {uid: why for uid, why in merged.failed.items() if uid not in videos}
-        mpath.write_text(json.dumps(self.manifest | {"videos": videos, "failed": failed}, indent=1))
+        tmp = mpath.with_name(f".{mpath.name}.tmp")
+        tmp.write_text(json.dumps(self.manifest | {"videos": videos, "failed": failed}, indent=1))
+        os.replace(tmp, mpath)
         self.summary = merged

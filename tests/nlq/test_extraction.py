@@ -61,6 +61,13 @@ def test_extracts_official_rows_and_skips_finished_videos(setup, tmp_path, capsy
     assert "done 0, skipped 4" in capsys.readouterr().out and (out / "vid-a.pt").stat().st_mtime_ns == mtime
     assert main(_args(config, ckpt, str(videos), "-o", str(out), "--overwrite")) == 0
     assert "done 4, skipped 0" in capsys.readouterr().out
+    # a run that stopped before writing its manifest: the next run records the files it skips
+    manifest_path = out / "manifest.json"
+    data = json.loads(manifest_path.read_text())
+    del data["videos"]["vid-b"]
+    manifest_path.write_text(json.dumps(data))
+    assert main(_args(config, ckpt, str(videos), "-o", str(out))) == 0
+    assert json.loads(manifest_path.read_text())["videos"]["vid-b"]["rows"] == official_num_rows(161)
     # another sampling rule into the same folder would mix features: refused
     assert main(_args(config, ckpt, str(videos), "-o", str(out), "--sampling", "random")) == 1
     assert "sampling" in capsys.readouterr().err
