@@ -9,7 +9,7 @@ W+, CS-SFT into a channel-multiplier-1 StyleGAN2 prior (frozen, as in the recipe
 
 * training = generator forward + backward of a mean loss (the prior frozen, so its weights take no gradient
   but activations still flow), B = 4; time is the median of ``--reps`` after a warm-up, memory as in
-  benchmarks/_memory.py;
+  benchmarks/_common.py;
 * inference = generator forward without gradients in eval mode (stored noise), B = 4, in images/s.
 The identity embedding is a fixed random vector: ArcFace's cost is not part of the generator.
 """
@@ -20,9 +20,7 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._memory import peak_above_resting, probe_in_subprocess
+from benchmarks._common import fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
 
 
@@ -70,29 +68,12 @@ def runner(case: Case, device: torch.device):
     return run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_case(case: Case, device: torch.device, reps: int) -> float:
-    run = runner(case, device)
-    run()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(runner(case, device), device, reps)
 
 
 def peak_memory_here(case: Case, device: torch.device) -> int:
-    run = runner(case, device)
-    run()
-    gc.collect()
-    return peak_above_resting(run, device)
+    return peak_after_warmup(runner(case, device), device)
 
 
 def main() -> None:
@@ -126,8 +107,7 @@ def main() -> None:
         else:
             mem = probe_in_subprocess(__file__, asdict(case), threads)
         ips = case.batch / secs
-        memtxt = f"{mem / 2**30:.2f} GiB" if mem else "-"
-        print(f"{case.name:<14}{secs * 1e3:>12.0f}ms{ips:>11.2f}{memtxt:>12}", flush=True)
+        print(f"{case.name:<14}{secs * 1e3:>12.0f}ms{ips:>11.2f}{fmt_bytes(mem):>12}", flush=True)
         rows.append({**asdict(case), "seconds": secs, "images_per_s": ips, "peak_bytes": mem})
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

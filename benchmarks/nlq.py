@@ -10,7 +10,7 @@ encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ pos
 
 * training step = forward at one K drawn from {2..6} + every loss term + backward + AdamW step, on a batch
   of 32 clips × 600 bins with 32 text tokens (the thesis's batch and ``max_video_len``); time is the median
-  of ``--reps`` steps after warm-up, peak memory is measured as in benchmarks/_memory.py;
+  of ``--reps`` steps after warm-up, peak memory is measured as in benchmarks/_common.py;
 * inference = one query (B = 1), model in eval mode without gradients, all five scales K = 2..6 run and
   their top-5 windows pooled (the author's procedure), windows decoded to seconds. Two lengths: a 600-bin
   clip, and an hour of video at 1.875 rows/s (6,750 rows) fed unpooled to a model built with
@@ -23,9 +23,7 @@ import argparse
 import gc
 import json
 import platform
-import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -33,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._memory import peak_above_resting, probe_in_subprocess
+from benchmarks._common import fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
 from repsuite.nlq import NLQModule
 from repsuite.nlq.data import NLQSample, collate_nlq
 
@@ -114,39 +112,12 @@ def runner(case: Case, device: torch.device):
     return run
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_case(case: Case, device: torch.device, reps: int) -> float:
-    run = runner(case, device)
-    run()  # warm-up (allocator, SDPA kernel choice)
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        run()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return median_seconds(runner(case, device), device, reps)
 
 
 def peak_memory_here(case: Case, device: torch.device) -> int:
-    run = runner(case, device)
-    run()
-    gc.collect()
-    return peak_above_resting(run, device)
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
+    return peak_after_warmup(runner(case, device), device)
 
 
 def main() -> None:

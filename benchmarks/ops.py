@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._memory import peak_above_resting, probe_in_subprocess
+from benchmarks._common import fmt_bytes, peak_above_resting, probe_in_subprocess, sync
 from repsuite.ops import (
     fused_leaky_relu,
     fused_leaky_relu_reference,
@@ -166,11 +166,6 @@ def make_runner(case: Case, variant: str, device: torch.device) -> tuple[list[to
     raise ValueError(case.kind)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def step(inputs: list[torch.Tensor], run: Callable) -> None:
     for t in inputs:
         t.grad = None
@@ -183,11 +178,11 @@ def time_variants(case: Case, variants: list[str], device: torch.device, reps: i
     runners = {v: make_runner(case, v, device) for v in variants}
     for inputs, run in runners.values():
         step(inputs, run)  # warm-up (oneDNN primitive creation, cuDNN autotune)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     for inputs, run in runners.values():
         step(inputs, run)
-    _sync(device)
+    sync(device)
     per_round = time.perf_counter() - t0
     # cheap cases get more rounds (at least ~3 s of timing per case, at most 25 rounds): stabler medians
     reps = max(reps, min(25, math.ceil(3.0 / max(per_round, 1e-6))))
@@ -196,7 +191,7 @@ def time_variants(case: Case, variants: list[str], device: torch.device, reps: i
         for v, (inputs, run) in runners.items():
             t0 = time.perf_counter()
             step(inputs, run)
-            _sync(device)
+            sync(device)
             times[v].append(time.perf_counter() - t0)
     return {v: statistics.median(ts) for v, ts in times.items()}
 
@@ -225,11 +220,11 @@ def matmul_peak_gflops(device: torch.device) -> float:
         c = torch.empty(n, n, device=device)
         for _ in range(2):
             torch.mm(a, b, out=c)
-        _sync(device)
+        sync(device)
         for _ in range(5):
             t0 = time.perf_counter()
             torch.mm(a, b, out=c)
-            _sync(device)
+            sync(device)
             best = max(best, 2 * n**3 / (time.perf_counter() - t0) / 1e9)
     return best
 
@@ -274,16 +269,6 @@ class Row:
     estimated: bool = False
     why: str = ""
     extra: dict = field(default_factory=dict)
-
-
-def fmt_bytes(n: float | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} PiB"
 
 
 def main() -> None:

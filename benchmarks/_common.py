@@ -1,21 +1,63 @@
-"""Peak-memory probes shared by the benchmark scripts.
+"""Timing and peak-memory helpers shared by the benchmark scripts.
 
-On CPU a probe runs in a fresh subprocess: glibc is told to serve big blocks with mmap (so freed memory
-leaves the RSS), the kernel's peak-RSS counter is reset once the inputs exist and a warm-up pass ran, and
-the figure is VmHWM − VmRSS after the measured pass. On CUDA it is ``torch.cuda.max_memory_allocated``
-above the allocated bytes before the pass.
+Timing: the median of ``reps`` runs after one warm-up, with CUDA synchronised around each run.
+
+Peak memory: on CPU a probe runs in a fresh subprocess: glibc is told to serve big blocks with mmap
+(so freed memory leaves the RSS), the kernel's peak-RSS counter is reset once the inputs exist and a
+warm-up pass ran, and the figure is VmHWM − VmRSS after the measured pass. On CUDA it is
+``torch.cuda.max_memory_allocated`` above the allocated bytes before the pass.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import os
+import statistics
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued CUDA work (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_seconds(run: Callable[[], None], device: torch.device, reps: int) -> float:
+    """Median wall time of ``reps`` calls of ``run`` after one warm-up call (allocator, kernel choice)."""
+    run()
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def peak_after_warmup(run: Callable[[], None], device: torch.device) -> int:
+    """Peak bytes above the resting footprint of one ``run`` call, measured after a warm-up call."""
+    run()
+    gc.collect()
+    return peak_above_resting(run, device)
+
+
+def fmt_bytes(n: float | None) -> str:
+    """Human-readable bytes ("-" for unknown)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
 
 
 def status_kib(field_name: str) -> int:
