@@ -180,45 +180,25 @@ def test_extract_text_cli_then_fit_reads_the_files(tmp_path, in_tmp):
     args = ["nlq", "extract-text", *anns, "-o", str(out), "--model", str(config), "--checkpoint", str(ckpt)]
     assert main(args) == 0
     assert main([*args[:-2], "--random-init"]) == 1  # a cache made by real weights is not mixed with others
-    cli = run_cli(
-        [
-            "fit",
-            "--model=NLQModule",
-            "--model.hidden=16",
-            "--model.num_heads=2",
-            "--model.ffn=32",
-            "--model.span_layers=1",
-            "--data=Ego4DNLQDataModule",
-            f"--data.root={root}",
-            f"--data.features=[{','.join(FEATS)}]",
-            "--data.text=features",
-            "--data.text_features=my_clip_text",
-            "--data.batch_size=4",
-            "--trainer.fast_dev_run=1",
-            "--trainer.accelerator=cpu",
-        ]
-    )
+    tiny_fit = [
+        "fit",
+        "--model=NLQModule",
+        "--model.hidden=16",
+        "--model.num_heads=2",
+        "--model.ffn=32",
+        "--model.span_layers=1",
+        "--data=Ego4DNLQDataModule",
+        f"--data.root={root}",
+        f"--data.features=[{','.join(FEATS)}]",
+        "--data.batch_size=4",
+        "--trainer.fast_dev_run=1",
+        "--trainer.accelerator=cpu",
+    ]
+    cli = run_cli([*tiny_fit, "--data.text=features", "--data.text_features=my_clip_text"])
     assert cli.model.hparams.text_dim == 24
     # the frozen tower straight from the config: the trainer's prepare_data fills the cache first
-    cli = run_cli(
-        [
-            "fit",
-            "--model=NLQModule",
-            "--model.hidden=16",
-            "--model.num_heads=2",
-            "--model.ffn=32",
-            "--model.span_layers=1",
-            "--data=Ego4DNLQDataModule",
-            f"--data.root={root}",
-            f"--data.features=[{','.join(FEATS)}]",
-            "--data.text=clip",
-            f"--data.clip_model={config}",
-            f"--data.clip_checkpoint={ckpt}",
-            "--data.batch_size=4",
-            "--trainer.fast_dev_run=1",
-            "--trainer.accelerator=cpu",
-        ]
-    )
+    text = ["--data.text=clip", f"--data.clip_model={config}", f"--data.clip_checkpoint={ckpt}"]
+    cli = run_cli([*tiny_fit, *text])
     assert cli.model.hparams.text_dim == 24 and (root / "v2/clip_text_tiny_clip/manifest.json").exists()
 
 
