@@ -53,3 +53,15 @@ def test_extract_config_is_read_by_extract_video(path: Path):
     ns = parser.parse_args(args)
     for key, value in yaml.safe_load(path.read_text()).items():
         assert getattr(ns, key) == value, key
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_fixed_checkpoint_folders_replace_last_ckpt(path: Path):
+    """A config that writes checkpoints to a fixed folder is read back from ``<dirpath>/last.ckpt`` by the
+    next demo step (``nlq submit``, the swapper's ``id_encoder_ckpt``, ``faceswap eval``). Lightning's version
+    counter would write ``last-v1.ckpt`` on a re-run and leave the stale file in place, so it is off."""
+    callbacks = (yaml.safe_load(path.read_text()) or {}).get("trainer", {}).get("callbacks") or []
+    for cb in callbacks:
+        args = cb.get("init_args", {})
+        if cb["class_path"].endswith("ModelCheckpoint") and args.get("dirpath") and args.get("save_last"):
+            assert args.get("enable_version_counter") is False, path

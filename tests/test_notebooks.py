@@ -16,7 +16,9 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path: Path):
+def test_notebook_executes(path: Path, monkeypatch):
+    # notebooks that train a long demo (03_faceswap_demo) switch to a few-step schedule under this flag
+    monkeypatch.setenv("REPSUITE_NOTEBOOK_QUICK", "1")
     nb = nbformat.read(path, as_version=4)
     # run from notebooks/ like a user; the notebooks write their outputs to temporary folders
     resources = {"metadata": {"path": str(path.parent)}}

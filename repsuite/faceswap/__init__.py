@@ -3,11 +3,12 @@
 Models (plain ``nn.Module``): :class:`StyleGAN2Generator` / :class:`StyleGAN2Discriminator` (GFPGAN /
 BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fig. 3.7). Lightning:
 :class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceSwapDataModule`,
-:class:`FaceIdentityDataModule`.
+:class:`FaceIdentityDataModule`. Evaluation over a pair folder: :func:`evaluate_swaps`.
 """
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
 from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceSwapDataModule
+from repsuite.faceswap.evaluation import evaluate_swaps, swap_grid_pairs
 from repsuite.faceswap.idnet import IdentityModule
 from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
@@ -33,10 +34,12 @@ __all__ = [
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "apply_cs_sft",
+    "evaluate_swaps",
     "infer_stylegan2_config",
     "iresnet",
     "load_arcface",
     "load_stylegan2",
     "load_stylegan2_discriminator",
     "stylegan2_channels",
+    "swap_grid_pairs",
 ]

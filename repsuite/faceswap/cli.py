@@ -169,19 +169,22 @@ def _eval(ns: argparse.Namespace) -> int:
     import torch
 
     from repsuite.faceswap.data import PairFolderDataset
-    from repsuite.faceswap.metrics import ArcFaceEmbedder, IDCosine, IDRetrieval, PoseError, ShapeError
-    from repsuite.faceswap.module import _psnr
+    from repsuite.faceswap.evaluation import evaluate_swaps
+    from repsuite.faceswap.metrics import ArcFaceEmbedder
 
     try:
-        module, _ = _load_module(ns.ckpt, ns.trust_checkpoint)
-        size = module.hparams.resolution
-        pairs = PairFolderDataset(ns.pairs, size)
+        module, sha = _load_module(ns.ckpt, ns.trust_checkpoint)
+        pairs = PairFolderDataset(ns.pairs, module.hparams.resolution)
+        if ns.grid and Path(ns.grid).suffix.lower() != ".png":
+            raise ValueError(
+                f"--grid {ns.grid}: the grid is written as PNG (with provenance); use a .png name"
+            )
+        embedder = None
         if ns.id_encoder:
             from repsuite.faceswap.arcface import load_arcface
 
             embedder = ArcFaceEmbedder(load_arcface(ns.id_encoder))
         else:
-            embedder = module.embedder
             print(
                 "note: ID metrics use the swapper's own training encoder (pass --id-encoder for an "
                 "independent one)"
@@ -191,69 +194,47 @@ def _eval(ns: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    retrieval, cosine = IDRetrieval(embedder), IDCosine(embedder)
-    pose = PoseError(estimators["pose"]) if "pose" in estimators else None
-    shape = ShapeError(estimators["shape"]) if "shape" in estimators else None
-    fid = None
-    if ns.fid:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        from repsuite.faceswap.metrics import EmbeddingFeatures
-
-        fid = FrechetInceptionDistance(feature=EmbeddingFeatures(embedder, 512), normalize=True)
-    psnr = {"swap": [], "copy target": [], "copy source": []}
-    loader = torch.utils.data.DataLoader(pairs, batch_size=ns.batch_size)
-    for batch in loader:
-        swaps = module.swap(batch["source"], batch["target"])
-        retrieval.update(swaps, batch["source"], batch["source_identity"])
-        cosine.update(swaps, batch["source"])
-        if pose is not None:
-            pose.update(swaps, batch["target"])
-        if shape is not None:
-            shape.update(swaps, batch["source"])
-        if fid is not None:
-            fid.update((batch["target"] + 1) / 2, real=True)
-            fid.update((swaps + 1) / 2, real=False)
-        if "ground_truth" in batch:
-            n = swaps.shape[0]
-            for key, img in (
-                ("swap", swaps),
-                ("copy target", batch["target"]),
-                ("copy source", batch["source"]),
-            ):
-                psnr[key].append((_psnr(img, batch["ground_truth"]).item(), n))
-    results = {
-        "pairs": len(pairs),
-        "id_retrieval": retrieval.compute().item(),
-        "id_cosine": cosine.compute().item(),
-    }
-    if pose is not None:
-        results["pose_error"] = pose.compute().item()
-    if shape is not None:
-        results["shape_error"] = shape.compute().item()
-    if fid is not None:
-        results["fid"] = fid.compute().item()
-    for key, vals in psnr.items():
-        if vals:
-            results[f"psnr_{key.replace(' ', '_')}"] = sum(v * n for v, n in vals) / sum(n for _, n in vals)
-    ids = {str(pairs.labels.get(n, {}).get("source_identity", n)) for n in pairs.names}
-    chance = 100.0 / len(ids)  # retrieval among the distinct source identities
+    results = evaluate_swaps(
+        module, pairs, embedder, estimators.get("pose"), estimators.get("shape"), ns.fid, ns.batch_size
+    )
     print(f"pairs: {results['pairs']}")
     print(
-        f"ID retrieval: {results['id_retrieval']:.2f}% (chance {chance:.2f}%)   "
+        f"ID retrieval: {results['id_retrieval']:.2f}% (chance {results['chance_id_retrieval']:.2f}%)   "
         f"ID cosine: {results['id_cosine']:.3f}"
     )
+    if "id_retrieval_ground_truth" in results:
+        print(
+            f"ID retrieval of the ground-truth swaps (ceiling): {results['id_retrieval_ground_truth']:.2f}%"
+        )
     for key in ("pose_error", "shape_error", "fid"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]:.4f}")
-    if psnr["swap"]:
+    if "psnr_swap" in results:
         print(
             f"PSNR vs ground-truth swaps: model {results['psnr_swap']:.2f} dB, copy target "
             f"{results['psnr_copy_target']:.2f} dB, copy source {results['psnr_copy_source']:.2f} dB"
         )
     if ns.json:
-        Path(ns.json).write_text(json.dumps(results | {"chance_id_retrieval": chance}, indent=2))
+        Path(ns.json).write_text(json.dumps(results, indent=2))
+    if ns.grid:
+        _write_grid(module, pairs, Path(ns.grid), {"repsuite-checkpoint-sha256": sha})
+        print(f"swap grid (top row sources, left column targets): {ns.grid}")
     return 0
+
+
+def _write_grid(module, pairs, path: Path, provenance: dict[str, str]) -> None:
+    """Sources of distinct identities across the top, targets down the side, their swaps in between."""
+    import torch
+
+    from repsuite.faceswap.evaluation import swap_grid_pairs
+
+    picked = swap_grid_pairs(pairs, module.hparams.grid_size)
+    items = [pairs[i] for i in picked]
+    grid = module.swap_grid(
+        torch.stack([it["source"] for it in items]), torch.stack([it["target"] for it in items])
+    )
+    names = ",".join(pairs.names[i] for i in picked)
+    _save_png(grid * 2 - 1, path, provenance | {"content": "swap grid", "pairs": names})
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -311,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--fid", action="store_true", help="FID of swaps vs targets on the ID encoder's features")
     ev.add_argument("--batch-size", type=int, default=16)
     ev.add_argument("--json", help="also write the results as JSON")
+    ev.add_argument("--grid", help="also write a sources x targets swap grid (PNG)")
     ev.add_argument("--trust-checkpoint", action="store_true")
     ev.set_defaults(func=_eval)
     return parser

@@ -15,7 +15,7 @@ from torchvision.ops import roi_align
 from repsuite.faceswap.align import component_boxes
 from repsuite.faceswap.stylegan2 import ConvLayer
 
-__all__ = ["COMPONENTS", "FacialComponentDiscriminator", "crop_components"]
+__all__ = ["COMPONENTS", "FacialComponentDiscriminator", "component_crop_sizes", "crop_components"]
 
 COMPONENTS = ("left_eye", "right_eye", "mouth")
 
@@ -45,16 +45,31 @@ class FacialComponentDiscriminator(nn.Module):
         return (out, [f1, f2]) if return_features else out
 
 
+def component_crop_sizes(resolution: int) -> tuple[int, int]:
+    """Eye and mouth crop sizes for faces of ``resolution`` px: GFPGAN's 80 and 120 at 512 px, scaled.
+
+    Scaling keeps crops at about their native pixel size (a 64 px face's eye is ~10 px wide; resampling it to
+    80 px would only cost time); 16 and 24 px are the floor so the discriminators' two ↓2 stages still see
+    a 4×4 / 6×6 map.
+    """
+    return max(16, round(80 * resolution / 512)), max(24, round(120 * resolution / 512))
+
+
 def crop_components(
-    images: Tensor, landmarks: Tensor | None = None, eye_size: int = 80, mouth_size: int = 120
+    images: Tensor,
+    landmarks: Tensor | None = None,
+    eye_size: int | None = None,
+    mouth_size: int | None = None,
 ) -> dict[str, Tensor]:
     """ROI-aligned left-eye, right-eye and mouth crops of aligned faces (B, 3, S, S).
 
     Boxes come from ``landmarks`` (B, 5, 2) when the dataset provides them, else from the aligned-face
-    template; crops are (B, 3, eye_size, eye_size) and (B, 3, mouth_size, mouth_size) (GFPGAN: 80 and 120
-    at 512 px).
+    template; crops are (B, 3, eye_size, eye_size) and (B, 3, mouth_size, mouth_size), by default
+    :func:`component_crop_sizes` of S (GFPGAN: 80 and 120 at 512 px).
     """
     b, _, s, _ = images.shape
+    default_eye, default_mouth = component_crop_sizes(s)
+    eye_size, mouth_size = eye_size or default_eye, mouth_size or default_mouth
     boxes = component_boxes(s, landmarks.float() if landmarks is not None else None, batch=b)
     idx = torch.arange(b, device=images.device, dtype=images.dtype)[:, None]
     out = {}

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from repsuite.faceswap.align import face_template
@@ -54,9 +55,17 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         r1_weight: R1 penalty weight (0 turns it off); applied lazily every ``r1_every`` steps.
         r1_every: lazy-regularisation interval.
         lr: Adam learning rate for G and D (2e-4, no decay).
+        prior_lr: learning rate of the StyleGAN2 prior when ``train_prior`` (None: ``lr``). StyleGAN2's
+            equalised-learning-rate weights are N(0, 1) and scaled at run time, so an Adam step moves them
+            ~1/√fan_in less, relative to their size, than the plain convolutions around them; a prior trained
+            from scratch (the synthetic demo) needs a larger rate to keep up.
         betas: Adam betas ((0, 0.999) in the thesis).
         ema_decay: keep an exponential moving average of the generator for validation and export
             (None disables it).
+        grad_clip: clip the G and D gradient norms to this value (None: no clipping, as in the thesis).
+            Not available with ``16-mixed`` precision (its loss scaler owns unscaling); use ``bf16-mixed``.
+        max_skipped_steps: a G or D step whose loss or gradients are not finite is skipped (counted and
+            logged as ``train/skipped_steps``); this many skips in a row stop training with an error.
         grid_size: sources × targets in the logged swap grid.
         id_encoder_depth, id_encoder_input_size: architecture of a random identity encoder (read from
             ``id_encoder_ckpt`` otherwise).
@@ -88,8 +97,11 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         r1_weight: float = 10.0,
         r1_every: int = 16,
         lr: float = 2e-4,
+        prior_lr: float | None = None,
         betas: tuple[float, float] = (0.0, 0.999),
         ema_decay: float | None = 0.999,
+        grad_clip: float | None = None,
+        max_skipped_steps: int = 20,
         grid_size: int = 4,
         id_encoder_depth: int = 18,
         id_encoder_input_size: int = 112,
@@ -127,6 +139,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.val_retrieval = IDRetrieval(self.embedder)
         self.val_cosine = IDCosine(self.embedder)
         self._grid: Tensor | None = None
+        self._skipped_total = 0
+        self._skipped_in_row = 0
 
     # ------------------------------------------------------------------------------------------- building
     def _build_prior(self, arch_only: bool) -> StyleGAN2Generator:
@@ -200,6 +214,15 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             lm[missing] = face_template(self.hparams.resolution).to(lm)
         return lm
 
+    @property
+    def iteration(self) -> int:
+        """Training batches seen so far (restored on resume).
+
+        Not ``global_step``: under manual optimization that counts the steps each optimizer took, which
+        drifts from the batch count when a non-finite step is skipped.
+        """
+        return self.trainer.fit_loop.total_batch_idx
+
     def _set_d_grad(self, flag: bool) -> None:
         self.discriminator.requires_grad_(flag)
         self.components.requires_grad_(flag)
@@ -242,29 +265,76 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """One G step then one D step (separate Adam optimizers), EMA update, every term logged."""
         h = self.hparams
         opt_g, opt_d = self.optimizers()
-        step = self.global_step // 2  # manual optimization counts the steps of both optimizers
-        r1 = h.r1_weight > 0 and step % h.r1_every == 0
+        r1 = h.r1_weight > 0 and self.iteration % h.r1_every == 0
         with torch.no_grad():
             id_src = self.embedder(batch["source"])
         swap = self.generator(batch["target"], id_src)
         self._set_d_grad(False)
         g_terms = self.generator_losses(batch, swap, id_src)
         loss_g = sum(g_terms.values())
-        opt_g.zero_grad(set_to_none=True)
-        self.manual_backward(loss_g)
-        opt_g.step()
+        g_ok = self._guarded_step(opt_g, loss_g, "generator")
         self._set_d_grad(True)
         d_terms = self.discriminator_losses(batch, swap, r1)
         loss_d = sum(d_terms.values())
-        opt_d.zero_grad(set_to_none=True)
-        self.manual_backward(loss_d)
-        opt_d.step()
+        d_ok = self._guarded_step(opt_d, loss_d, "discriminator")
+        self._skipped_in_row = 0 if (g_ok and d_ok) else self._skipped_in_row + 1
+        if self._skipped_in_row >= h.max_skipped_steps:
+            raise RuntimeError(
+                f"FaceSwapModule: {self._skipped_in_row} training steps in a row had a non-finite loss or "
+                f"gradient (last: loss_g={loss_g.item():.4g}, loss_d={loss_d.item():.4g}); training "
+                "diverged. "
+                "Lower lr, set grad_clip (e.g. 10), or resume from an earlier checkpoint."
+            )
         if self.generator_ema is not None:
             self._update_ema()
         n = batch["target"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in {**g_terms, **d_terms}.items()}, batch_size=n)
         self.log("train/loss_g", loss_g.detach(), prog_bar=True, batch_size=n)
         self.log("train/loss_d", loss_d.detach(), prog_bar=True, batch_size=n)
+        self.log("train/skipped_steps", float(self._skipped_total), batch_size=n)
+
+    def _guarded_step(self, opt: Any, loss: Tensor, name: str) -> bool:
+        """Backward + (clipped) step, skipped when the loss or the gradients are not finite.
+
+        The decision is reduced over processes (gradients are already all-reduced by DDP), so every rank
+        skips the same steps. Returns whether the step was taken.
+        """
+        h = self.hparams
+        opt.zero_grad(set_to_none=True)
+        strategy = self.trainer.strategy
+        if not strategy.reduce_boolean_decision(bool(torch.isfinite(loss.detach())), all=True):
+            return self._skip(name, "loss")
+        self.manual_backward(loss)
+        if self._loss_scaler() is None:  # a GradScaler finds and skips non-finite gradients itself
+            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+            if not strategy.reduce_boolean_decision(finite, all=True):
+                opt.zero_grad(set_to_none=True)
+                return self._skip(name, "gradient")
+        if h.grad_clip:
+            self.clip_gradients(opt, gradient_clip_val=h.grad_clip, gradient_clip_algorithm="norm")
+        opt.step()
+        return True
+
+    def _skip(self, name: str, what: str) -> bool:
+        self._skipped_total += 1
+        if self._skipped_total == 1 or self._skipped_total % 100 == 0:
+            rank_zero_warn(
+                f"FaceSwapModule: skipped a {name} step at iteration {self.iteration} (non-finite {what}); "
+                f"{self._skipped_total} skipped so far"
+            )
+        return False
+
+    def _loss_scaler(self) -> Any:
+        return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def on_fit_start(self) -> None:
+        """Refuse gradient clipping under a loss scaler (``16-mixed``): it would clip scaled gradients."""
+        if self.hparams.grad_clip and self._loss_scaler() is not None:
+            raise ValueError(
+                "FaceSwapModule: grad_clip is not supported with precision='16-mixed' (the loss scaler owns "
+                "unscaling); use precision='bf16-mixed' or 32, or set grad_clip to null"
+            )
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -278,7 +348,13 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """Adam for G (its trainable part) and for all discriminators; β = (0, 0.999), lr 2e-4, no decay."""
         h = self.hparams
         d_params = list(self.discriminator.parameters()) + list(self.components.parameters())
-        opt_g = torch.optim.Adam(self.generator.trainable_parameters(), lr=h.lr, betas=tuple(h.betas))
+        prior = {id(p) for p in self.generator.stylegan.parameters()}
+        trainable = self.generator.trainable_parameters()
+        groups = [{"params": [p for p in trainable if id(p) not in prior], "lr": h.lr}]
+        prior_params = [p for p in trainable if id(p) in prior]  # empty unless train_prior
+        if prior_params:
+            groups.append({"params": prior_params, "lr": h.prior_lr or h.lr})
+        opt_g = torch.optim.Adam(groups, lr=h.lr, betas=tuple(h.betas))
         opt_d = torch.optim.Adam(d_params, lr=h.lr, betas=tuple(h.betas))
         return [opt_g, opt_d]
 
@@ -291,9 +367,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         n = swaps.shape[0]
         if "ground_truth" in batch:
             gt = batch["ground_truth"]
-            self.log("val/psnr", _psnr(swaps, gt), batch_size=n, sync_dist=True)
-            self.log("val/psnr_copy_target", _psnr(batch["target"], gt), batch_size=n, sync_dist=True)
-            self.log("val/psnr_copy_source", _psnr(batch["source"], gt), batch_size=n, sync_dist=True)
+            self.log("val/psnr", psnr(swaps, gt), batch_size=n, sync_dist=True)
+            self.log("val/psnr_copy_target", psnr(batch["target"], gt), batch_size=n, sync_dist=True)
+            self.log("val/psnr_copy_source", psnr(batch["source"], gt), batch_size=n, sync_dist=True)
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])
 
@@ -340,7 +416,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         return {"name": batch.get("name"), "swap": self.swap(batch["source"], batch["target"]).cpu()}
 
 
-def _psnr(a: Tensor, b: Tensor) -> Tensor:
+def psnr(a: Tensor, b: Tensor) -> Tensor:
     """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
     mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
     return (10 * torch.log10(4.0 / mse)).mean()

@@ -5,6 +5,7 @@ import shutil
 
 import pytest
 import torch
+from lightning.pytorch import Callback, Trainer
 from PIL import Image
 
 from repsuite.cli import main, run_cli
@@ -89,6 +90,98 @@ def test_fit_logs_every_term_and_the_grid_and_reloads_from_the_checkpoint(faces,
     pairs = PairFolderDataset(faces / "pairs", 32)
     s, t = pairs[0]["source"][None], pairs[0]["target"][None]
     torch.testing.assert_close(reloaded.swap(s, t), cli.model.eval().swap(s, t))
+
+
+class NaNOnStep(FaceSwapModule):
+    """Makes the generator loss non-finite on chosen iterations (``nan_steps``, counted from 0)."""
+
+    nan_steps: tuple[int, ...] = ()
+
+    def generator_losses(self, batch, swap, id_src):
+        terms = super().generator_losses(batch, swap, id_src)
+        if self.iteration in self.nan_steps:
+            terms["id"] = terms["id"] * float("nan")
+        return terms
+
+
+class GradNorms(Callback):
+    """Records each optimizer's gradient norm right before it steps."""
+
+    def __init__(self) -> None:
+        self.norms: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+
+
+def _fit_module(module, faces, root, steps, callbacks=()):
+    dm = FaceSwapDataModule(
+        vggface2_root=str(faces / "vggface2_hq"),
+        resolution=32,
+        batch_size=2,
+        val_pairs_root=str(faces / "pairs"),
+    )
+    trainer = Trainer(
+        accelerator="cpu", max_steps=2 * steps, limit_val_batches=0, logger=False, callbacks=list(callbacks),
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+        default_root_dir=root,
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    return trainer
+
+
+TINY_KW = dict(
+    resolution=32, random_prior=True, train_prior=True, random_id_encoder=True, narrow=0.0625, num_mlp=2,
+    component_width=8, ema_decay=None,
+)  # fmt: skip
+
+
+def test_non_finite_steps_are_skipped_counted_and_stop_a_diverged_run(faces, tmp_path):
+    torch.manual_seed(0)
+    module = NaNOnStep(**TINY_KW, max_skipped_steps=3)
+    module.nan_steps = (1,)
+    before = {}
+
+    class Snapshot(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            before[batch_idx] = [p.detach().clone() for p in pl_module.generator.trainable_parameters()]
+
+    trainer = _fit_module(module, faces, tmp_path, steps=3, callbacks=[Snapshot()])
+    assert float(trainer.callback_metrics["train/skipped_steps"]) == 1  # the G step; D saw a finite swap
+    after_skip = before[2]
+    for a, b in zip(before[1], after_skip, strict=True):  # the skipped step left the generator unchanged
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    diverging = NaNOnStep(**TINY_KW, max_skipped_steps=3)
+    diverging.nan_steps = tuple(range(100))
+    with pytest.raises(RuntimeError, match="3 training steps in a row had a non-finite loss"):
+        _fit_module(diverging, faces, tmp_path, steps=5)
+
+
+def test_grad_clip_bounds_both_optimizers_and_is_refused_under_a_loss_scaler(faces, tmp_path):
+    torch.manual_seed(0)
+    clipped, free = GradNorms(), GradNorms()
+    _fit_module(FaceSwapModule(**TINY_KW, grad_clip=1e-3), faces, tmp_path, steps=2, callbacks=[clipped])
+    torch.manual_seed(0)
+    _fit_module(FaceSwapModule(**TINY_KW), faces, tmp_path, steps=2, callbacks=[free])
+    assert len(clipped.norms) == 4 and max(clipped.norms) <= 1e-3 * 1.001
+    assert min(free.norms) > 1e-2  # the clip had something to do
+    module = FaceSwapModule(**TINY_KW, grad_clip=1.0)
+    module._loss_scaler = lambda: object()  # what 16-mixed precision installs
+    with pytest.raises(ValueError, match="grad_clip is not supported with precision='16-mixed'"):
+        module.on_fit_start()
+
+
+def test_prior_learning_rate_applies_to_the_prior_only():
+    module = FaceSwapModule(**TINY_KW, lr=1e-3, prior_lr=1e-2)
+    opt_g, opt_d = module.configure_optimizers()
+    rest, prior = opt_g.param_groups
+    assert (rest["lr"], prior["lr"], opt_d.param_groups[0]["lr"]) == (1e-3, 1e-2, 1e-3)
+    assert {id(p) for p in prior["params"]} == {id(p) for p in module.generator.stylegan.parameters()}
+    assert len(rest["params"]) + len(prior["params"]) == len(module.generator.trainable_parameters())
+    frozen = FaceSwapModule(**(TINY_KW | {"train_prior": False}), prior_lr=1e-2)
+    assert len(frozen.configure_optimizers()[0].param_groups) == 1  # a frozen prior is not optimised
 
 
 def test_missing_weights_and_resolution_mismatch_are_explained(tmp_path):
@@ -269,15 +362,27 @@ def test_tools_swap_align_eval_and_provenance(faces, tmp_path, in_tmp, capsys):
     assert Image.open(tmp_path / "crop.png").size == (32, 32)
     capsys.readouterr()
     assert (
-        main(["faceswap", "eval", str(pairs), "--ckpt", ckpt, "--json", str(tmp_path / "r.json"), "--fid"])
+        main(
+            [
+                *("faceswap", "eval", str(pairs), "--ckpt", ckpt, "--fid"),
+                *("--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "grid.png")),
+            ]
+        )
         == 0
     )
     text = capsys.readouterr().out
     assert "ID retrieval" in text and "(chance 33.33%)" in text and "copy target" in text
     res = json.loads((tmp_path / "r.json").read_text())
-    assert {"id_retrieval", "id_cosine", "psnr_swap", "psnr_copy_target", "psnr_copy_source", "fid"} <= set(
-        res
-    )
+    keys = {"id_retrieval", "id_cosine", "psnr_swap", "psnr_copy_target", "psnr_copy_source", "fid"}
+    assert keys | {"id_retrieval_ground_truth"} <= set(res)
+    grid = Image.open(tmp_path / "grid.png")
+    # grid_size 2: two sources of different identities, two targets, plus the header row and column
+    assert grid.size == (3 * 32 + 4 * 2, 3 * 32 + 4 * 2) and grid.text["content"] == "swap grid"
+    picked = grid.text["pairs"].split(",")
+    labels = json.loads((pairs / "identities.json").read_text())
+    assert len({labels[n]["source_identity"] for n in picked}) == 2
+    assert main(["faceswap", "eval", str(pairs), "--ckpt", ckpt, "--grid", str(tmp_path / "g.jpg")]) == 1
+    assert "use a .png name" in capsys.readouterr().err
     # bad inputs: a pickled checkpoint, a JPEG output name, a wrong landmark count
     torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.ckpt")
     assert (
