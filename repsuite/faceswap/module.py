@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
 
 from repsuite.faceswap.align import face_template
@@ -327,6 +327,26 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
 
     def _loss_scaler(self) -> Any:
         return getattr(self.trainer.precision_plugin, "scaler", None)
+
+    def setup(self, stage: str) -> None:
+        """Under DDP, turn on unused-parameter detection before the model is wrapped.
+
+        The G and D steps are separate backward passes: the discriminators get no gradient in the G step
+        and the generator none in the D step, which plain DDP rejects as unused parameters.
+        """
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = self.trainer.strategy if self._trainer is not None else None
+        if stage == "fit" and isinstance(strategy, DDPStrategy):
+            kwargs = getattr(strategy, "_ddp_kwargs", None)
+            if kwargs is None:  # a Lightning without the attribute: say what to do instead
+                raise ValueError(
+                    "FaceSwapModule under DDP needs unused-parameter detection: use "
+                    "--trainer.strategy=ddp_find_unused_parameters_true"
+                )
+            if not kwargs.get("find_unused_parameters"):
+                kwargs["find_unused_parameters"] = True
+                rank_zero_info("FaceSwapModule: DDP with find_unused_parameters=True (separate G, D steps)")
 
     def on_fit_start(self) -> None:
         """Refuse gradient clipping under a loss scaler (``16-mixed``): it would clip scaled gradients."""

@@ -43,6 +43,18 @@ __all__ = [
 Formulation = Literal["auto", "grouped", "scaled"]
 
 
+def _autocast_inputs(x: Tensor, weight: Tensor, style: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Under autocast, run in the autocast dtype like ``F.conv2d`` does.
+
+    Inside a layer the parameters (weight) stay float32 while activations and the style affine's output
+    come out of autocast in bf16/fp16; the op then casts all three, as a plain convolution would.
+    """
+    if x.is_floating_point() and torch.is_autocast_enabled(x.device.type):
+        dtype = torch.get_autocast_dtype(x.device.type)
+        return x.to(dtype), weight.to(dtype), style.to(dtype)
+    return x, weight, style
+
+
 def _check_modconv(
     x: Tensor, weight: Tensor, style: Tensor, up: int, down: int, padding: int | None, eps: float
 ) -> int:
@@ -153,6 +165,8 @@ def modulated_conv2d_reference(
     padding: int | None = None,
 ) -> Tensor:
     """Per-sample loop with explicitly modulated weights: the definition the fast paths must match."""
+    if isinstance(x, Tensor) and isinstance(weight, Tensor) and isinstance(style, Tensor):
+        x, weight, style = _autocast_inputs(x, weight, style)
     pad = _check_modconv(x, weight, style, up, down, padding, eps)
     outs = []
     for b in range(x.shape[0]):
@@ -190,8 +204,11 @@ def modulated_conv2d(
             reference switch is on.
 
     Returns:
-        (B, C_out, H·up/down, W·up/down) for "same" padding.
+        (B, C_out, H·up/down, W·up/down) for "same" padding; under autocast the op runs in the autocast
+        dtype (x, weight and style are cast), like a plain convolution.
     """
+    if isinstance(x, Tensor) and isinstance(weight, Tensor) and isinstance(style, Tensor):
+        x, weight, style = _autocast_inputs(x, weight, style)
     if use_reference_ops():
         return modulated_conv2d_reference(
             x, weight, style, demodulate=demodulate, eps=eps, up=up, down=down, padding=padding

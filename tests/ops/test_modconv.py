@@ -82,6 +82,20 @@ def test_fast_matches_reference_bf16(formulation):
         torch.testing.assert_close(a.float(), b.float(), rtol=6e-2, atol=3e-2 * scale)
 
 
+@pytest.mark.parametrize("fn", [modulated_conv2d, modulated_conv2d_reference])
+def test_autocast_casts_mixed_inputs_like_a_convolution(fn):
+    """In a layer under bf16 autocast the weight is a float32 parameter and x / style come out in bf16."""
+    x, w, s = _inputs(b=2, cin=16, cout=8, hw=8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fn(x.bfloat16(), w, s.bfloat16())
+        also = fn(x, w, s)  # all float32 in: still the autocast dtype out, as F.conv2d
+    want = fn(x.bfloat16(), w.bfloat16(), s.bfloat16())
+    assert got.dtype == also.dtype == torch.bfloat16
+    torch.testing.assert_close(got, want)
+    with pytest.raises(ValueError, match="must share a dtype"):  # outside autocast a mix is still an error
+        fn(x.bfloat16(), w, s)
+
+
 def test_padding_argument():
     x, w, s = _inputs()
     for fn in (modulated_conv2d, modulated_conv2d_reference):
