@@ -306,8 +306,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             return self._skip(name, "loss")
         self.manual_backward(loss)
         if self._loss_scaler() is None:  # a GradScaler finds and skips non-finite gradients itself
-            params = [p for g in opt.param_groups for p in g["params"] if p.grad is not None]
-            finite = all(bool(torch.isfinite(p.grad).all()) for p in params)
+            grads = [p.grad for g in opt.param_groups for p in g["params"] if p.grad is not None]
+            finite = bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()) if grads else True
             if not strategy.reduce_boolean_decision(finite, all=True):
                 opt.zero_grad(set_to_none=True)
                 return self._skip(name, "gradient")
