@@ -30,16 +30,21 @@ def _parse_landmarks(text: str) -> list[list[float]]:
     return [nums[i : i + 2] for i in range(0, 10, 2)]
 
 
+def _require_png(path: Path) -> None:
+    """Outputs are PNGs: only PNG carries the provenance text chunks."""
+    if path.suffix.lower() != ".png":
+        raise ValueError(
+            f"{path}: outputs are written as PNG (they carry a provenance record); use a .png name"
+        )
+
+
 def _save_png(img, path: Path, provenance: dict[str, str]) -> None:
     """(3, H, W) in [-1, 1] → PNG with provenance text chunks."""
     from PIL import Image, PngImagePlugin
 
     import repsuite
 
-    if path.suffix.lower() != ".png":
-        raise ValueError(
-            f"{path}: outputs are written as PNG (they carry a provenance record); use a .png name"
-        )
+    _require_png(path)
     arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     info = PngImagePlugin.PngInfo()
     for k, v in {"repsuite": repsuite.__version__, "synthetic": "true", **provenance}.items():
@@ -175,10 +180,8 @@ def _eval(ns: argparse.Namespace) -> int:
     try:
         module, sha = _load_module(ns.ckpt, ns.trust_checkpoint)
         pairs = PairFolderDataset(ns.pairs, module.hparams.resolution)
-        if ns.grid and Path(ns.grid).suffix.lower() != ".png":
-            raise ValueError(
-                f"--grid {ns.grid}: the grid is written as PNG (with provenance); use a .png name"
-            )
+        if ns.grid:
+            _require_png(Path(ns.grid))  # before the swaps are computed, not after
         embedder = None
         if ns.id_encoder:
             from repsuite.faceswap.arcface import load_arcface
