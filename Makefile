@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml constraints.txt
 # The main job on built-in synthetic data in the real on-disk formats, both tasks:
 # NLQ (official Ego4D layout): write the data, train the demo model (a few minutes on CPU), predict val,
 # and print the official R@k table next to a random-window baseline on the same queries.
-# Face swapping (VGGFace2-HQ / FFHQ layouts): train an identity encoder, train the swapper, then score its
-# swaps on held-out identities against the ground-truth swaps and write a source x target grid PNG.
+# Face swapping (VGGFace2-HQ / FFHQ layouts): train an identity encoder, an independent judge (another
+# network, data and run), the swapper, then score its swaps on held-out identities — whose identity the
+# judge sees, pose / expression errors, PSNR against the ground-truth swaps — and write a grid PNG.
 demo: demo-nlq demo-faceswap
 
 demo-nlq: $(STAMP)
@@ -32,8 +33,10 @@ demo-nlq: $(STAMP)
 demo-faceswap: $(STAMP)
 	$(BIN)/repsuite faceswap synth data/synthetic_faces
 	$(BIN)/repsuite fit --config configs/faceswap/idnet_demo.yaml
+	$(BIN)/repsuite fit --config configs/faceswap/judge_demo.yaml
 	$(BIN)/repsuite fit --config configs/faceswap/demo.yaml
 	$(BIN)/repsuite faceswap eval data/synthetic_faces/pairs --ckpt outputs/faceswap_demo/checkpoints/last.ckpt \
+		--id-judge outputs/faceswap_judge/checkpoints/last.ckpt \
 		--json outputs/faceswap_demo/eval.json --grid outputs/faceswap_demo/swap_grid.png
 
 # Kernel benchmark, quick shapes (`make bench` runs the full table the README reports).

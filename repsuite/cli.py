@@ -56,7 +56,7 @@ _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 #: Values a DataModule reads from its data (feature widths) that the model needs: linked from
 #: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so no config types them by
 #: hand. The link is skipped for DataModules without the attribute.
-LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim", "num_classes")
+LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim", "num_classes", "identity_dim", "attribute_dim")
 
 
 def _import_task_classes() -> None:

@@ -2,14 +2,17 @@
 
 Models (plain ``nn.Module``): :class:`StyleGAN2Generator` / :class:`StyleGAN2Discriminator` (GFPGAN /
 BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fig. 3.7). Lightning:
-:class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceSwapDataModule`,
-:class:`FaceIdentityDataModule`. Evaluation over a pair folder: :func:`evaluate_swaps`.
+:class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceJudgeModule`, :class:`FaceSwapDataModule`,
+:class:`FaceIdentityDataModule`, :class:`FaceJudgeDataModule`. Evaluation over a pair folder:
+:func:`evaluate_swaps`, judged independently by :class:`FaceJudge` (synthetic faces) or a second ArcFace.
 """
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
-from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceSwapDataModule
+from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceJudgeDataModule, FaceSwapDataModule
 from repsuite.faceswap.evaluation import evaluate_swaps, swap_grid_pairs
 from repsuite.faceswap.idnet import IdentityModule
+from repsuite.faceswap.judge import FaceJudge, FaceJudgeConfig, load_judge
+from repsuite.faceswap.judge_module import FaceJudgeModule
 from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
 from repsuite.faceswap.module import FaceSwapModule
@@ -24,6 +27,10 @@ from repsuite.faceswap.stylegan2 import (
 __all__ = [
     "ArcMarginHead",
     "FaceIdentityDataModule",
+    "FaceJudge",
+    "FaceJudgeConfig",
+    "FaceJudgeDataModule",
+    "FaceJudgeModule",
     "FaceSwapDataModule",
     "FaceSwapGenerator",
     "FaceSwapGeneratorConfig",
@@ -38,6 +45,7 @@ __all__ = [
     "infer_stylegan2_config",
     "iresnet",
     "load_arcface",
+    "load_judge",
     "load_stylegan2",
     "load_stylegan2_discriminator",
     "stylegan2_channels",

@@ -98,14 +98,20 @@ def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str 
     return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
 
 
-def to_arcface_input(faces: Tensor, landmarks: Tensor | None = None, size: int = 112) -> Tensor:
+def to_arcface_input(
+    faces: Tensor, landmarks: Tensor | None = None, size: int = 112, zoom: float = 1.0
+) -> Tensor:
     """Aligned faces (B, 3, S, S) → ArcFace crops (B, 3, size, size), differentiable.
 
     Without ``landmarks`` (B, 5, 2) the faces are assumed to follow the FFHQ template at their size, so one
     similarity transform maps them onto insightface's template (scaled to ``size``) without re-detecting.
+    ``zoom`` < 1 shrinks the template about the crop's centre, so the crop shows more of the head (hair,
+    face outline) than insightface's inner-face crop; 1 is the published crop.
     """
     src = landmarks if landmarks is not None else face_template(faces.shape[-1]).to(faces.device)
-    m = estimate_similarity(src, ARCFACE_112.to(faces.device) * (size / 112.0))
+    dst = ARCFACE_112.to(faces.device)
+    dst = (dst - 56.0) * zoom + 56.0  # (5, 2), about the centre of the 112 crop
+    m = estimate_similarity(src, dst * (size / 112.0))
     return warp_affine(faces, m, (size, size))
 
 

@@ -70,6 +70,7 @@ class IResNet(nn.Module):
             raise ValueError(f"IResNet: input_size must be a multiple of 16, got {input_size}")
         self.layers_cfg = tuple(layers)
         self.input_size = input_size
+        self.crop_zoom = 1.0  # template zoom of the crop it was trained on (see align.to_arcface_input)
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64, eps=1e-5)
         self.prelu = nn.PReLU(64)
@@ -171,4 +172,15 @@ def load_arcface(path: str | Path, strict: bool = True) -> IResNet:
     if strict:
         check_keys(state, net.state_dict(), str(path), f"IResNet-{depth}")
     net.load_state_dict(state, strict=strict)
+    net.crop_zoom = _trained_crop_zoom(path)
     return net.eval().requires_grad_(False)
+
+
+def _trained_crop_zoom(path: str | Path) -> float:
+    """The crop zoom an IdentityModule checkpoint was trained with (1.0 for published backbones)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # .safetensors or TorchScript: published weights, the standard crop
+        return 1.0
+    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
+    return float(hp.get("crop_zoom", 1.0))

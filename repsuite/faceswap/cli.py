@@ -87,10 +87,14 @@ def _synth(ns: argparse.Namespace) -> int:
     spec = SyntheticFacesSpec(
         resolution=ns.resolution, identities=ns.identities, images_per_identity=ns.images_per_identity,
         ffhq_images=ns.ffhq_images, eval_identities=ns.eval_identities, eval_pairs=ns.eval_pairs,
-        seed=ns.seed,
+        judge_images=ns.judge_images, seed=ns.seed,
     )  # fmt: skip
     root = write_synthetic_faces(ns.root, spec)
-    print(f"wrote synthetic faces to {root}: vggface2_hq/ ({spec.identities} identities), ffhq/, pairs/")
+    judge = f", judge/ ({spec.judge_images} faces with their parameters)" if spec.judge_images else ""
+    print(
+        f"wrote synthetic faces to {root}: vggface2_hq/ ({spec.identities} identities), ffhq/, pairs/"
+        f" ({spec.eval_pairs} pairs of {spec.eval_identities} held-out identities){judge}"
+    )
     return 0
 
 
@@ -174,7 +178,7 @@ def _eval(ns: argparse.Namespace) -> int:
     import torch
 
     from repsuite.faceswap.data import PairFolderDataset
-    from repsuite.faceswap.evaluation import evaluate_swaps
+    from repsuite.faceswap.evaluation import evaluate_swaps, open_judge
     from repsuite.faceswap.metrics import ArcFaceEmbedder
 
     try:
@@ -187,28 +191,37 @@ def _eval(ns: argparse.Namespace) -> int:
             from repsuite.faceswap.arcface import load_arcface
 
             embedder = ArcFaceEmbedder(load_arcface(ns.id_encoder))
-        else:
-            print(
-                "note: ID metrics use the swapper's own training encoder (pass --id-encoder for an "
-                "independent one)"
-            )
+        judge = open_judge(ns.id_judge) if ns.id_judge else None
         estimators = {k: torch.jit.load(v, map_location="cpu").eval() for k, v in
                       (("pose", ns.pose_estimator), ("shape", ns.shape_estimator)) if v}  # fmt: skip
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     results = evaluate_swaps(
-        module, pairs, embedder, estimators.get("pose"), estimators.get("shape"), ns.fid, ns.batch_size
+        module, pairs, embedder, judge, estimators.get("pose"), estimators.get("shape"), ns.fid, ns.batch_size
     )
+    _print_eval(results, independent_encoder=bool(ns.id_encoder))
+    if ns.json:
+        Path(ns.json).write_text(json.dumps(results, indent=2))
+    if ns.grid:
+        _write_grid(module, pairs, Path(ns.grid), {"repsuite-checkpoint-sha256": sha})
+        print(f"swap grid (top row sources, left column targets): {ns.grid}")
+    return 0
+
+
+def _print_eval(results: dict, independent_encoder: bool) -> None:
     print(f"pairs: {results['pairs']}")
+    if "judge" in results:
+        _print_judge_table(results)
+    else:
+        print("note: no independent judge (--id-judge CKPT); the ID figures below are not a fair test")
+    who = "independent --id-encoder" if independent_encoder else "the swapper's own training encoder"
     print(
-        f"ID retrieval: {results['id_retrieval']:.2f}% (chance {results['chance_id_retrieval']:.2f}%)   "
-        f"ID cosine: {results['id_cosine']:.3f}"
+        f"ID retrieval ({who}): {results['id_retrieval']:.2f}% (chance {results['chance_id_retrieval']:.2f}%)"
+        f"   ID cosine: {results['id_cosine']:.3f}"
     )
     if "id_retrieval_ground_truth" in results:
-        print(
-            f"ID retrieval of the ground-truth swaps (ceiling): {results['id_retrieval_ground_truth']:.2f}%"
-        )
+        print(f"  of the ground-truth swaps (ceiling): {results['id_retrieval_ground_truth']:.2f}%")
     for key in ("pose_error", "shape_error", "fid"):
         if key in results:
             print(f"{key.replace('_', ' ')}: {results[key]:.4f}")
@@ -217,12 +230,23 @@ def _eval(ns: argparse.Namespace) -> int:
             f"PSNR vs ground-truth swaps: model {results['psnr_swap']:.2f} dB, copy target "
             f"{results['psnr_copy_target']:.2f} dB, copy source {results['psnr_copy_source']:.2f} dB"
         )
-    if ns.json:
-        Path(ns.json).write_text(json.dumps(results, indent=2))
-    if ns.grid:
-        _write_grid(module, pairs, Path(ns.grid), {"repsuite-checkpoint-sha256": sha})
-        print(f"swap grid (top row sources, left column targets): {ns.grid}")
-    return 0
+
+
+def _print_judge_table(results: dict) -> None:
+    """Whose identity the independent judge sees, and pose / expression errors, per kind of image."""
+    judge, chance = results["judge"], results["judge_chance"]
+    print(f"independent judge ({judge}; took no part in training), chance {chance:.1f}%:")
+    rows = [("swaps", "judge"), ("ground-truth swaps", "judge_ground_truth"),
+            ("copy the target", "judge_copy_target"), ("copy the source", "judge_copy_source")]  # fmt: skip
+    cols = [("source_top1", "source ID top-1 %", "{:.1f}"), ("target_top1", "target ID top-1 %", "{:.1f}"),
+            ("pose_error", "pose error", "{:.3f}"),
+            ("expression_error", "expression error", "{:.3f}")]  # fmt: skip
+    cols = [c for c in cols if f"judge_{c[0]}" in results]
+    print(f"  {'':20s}" + "".join(f"{title:>20s}" for _, title, _ in cols))
+    for label, prefix in rows:
+        if f"{prefix}_source_top1" in results:
+            cells = "".join(f"{fmt.format(results[f'{prefix}_{key}']):>20s}" for key, _, fmt in cols)
+            print(f"  {label:20s}{cells}")
 
 
 def _write_grid(module, pairs, path: Path, provenance: dict[str, str]) -> None:
@@ -253,8 +277,12 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--identities", type=int, default=24)
     sy.add_argument("--images-per-identity", type=int, default=6)
     sy.add_argument("--ffhq-images", type=int, default=96)
-    sy.add_argument("--eval-identities", type=int, default=8)
-    sy.add_argument("--eval-pairs", type=int, default=32)
+    sy.add_argument("--eval-identities", type=int, default=20)
+    sy.add_argument("--eval-pairs", type=int, default=100)
+    sy.add_argument(
+        "--judge-images", type=int, default=4000,
+        help="faces of further identities with their parameters, to train the independent judge (0: none)",
+    )  # fmt: skip
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
 
@@ -287,7 +315,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("pairs", help="folder with source/, target/ (and ground_truth/, identities.json)")
     ev.add_argument("--ckpt", required=True)
-    ev.add_argument("--id-encoder", help="independent ArcFace weights for the ID metrics")
+    ev.add_argument("--id-encoder", help="independent ArcFace weights for the ID retrieval / cosine figures")
+    ev.add_argument(
+        "--id-judge",
+        metavar="CKPT",
+        help="independent judge: a FaceJudgeModule checkpoint (configs/faceswap/judge_demo.yaml; identity, "
+        "pose, expression) or an ArcFace backbone.pth other than the training one (identity)",
+    )
     ev.add_argument(
         "--pose-estimator", help="TorchScript model: faces (B,3,S,S) in [-1,1] -> (B,3) yaw/pitch/roll"
     )

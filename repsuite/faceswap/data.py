@@ -5,7 +5,11 @@
 * either may hold ``landmarks.json``: ``{relative path: [[x, y] × 5]}`` (left eye, right eye, nose, mouth
   corners, in that image's pixels), used for the component discriminators' boxes;
 * evaluation pairs: ``ROOT/source/<name>``, ``ROOT/target/<name>``, optional ``ROOT/ground_truth/<name>``
-  and ``ROOT/identities.json`` (``{name: {"source_identity": i, ...}}``).
+  and ``ROOT/identities.json`` (``{name: {"source_identity": i, "target_identity": j,
+  "target_attributes": [...], ...}}``; the attributes are the renderer's truth on synthetic faces);
+* judge faces (synthetic only): ``ROOT/params.json`` (``{"identity_fields": [...], "attribute_fields":
+  [...], "images": {relative path: {"identity": [...], "attributes": [...]}}}``), see
+  :func:`repsuite.faceswap.synthetic.write_judge_faces`.
 
 Images are aligned square RGB faces, resized to ``resolution`` and returned in [-1, 1]. Unreadable,
 non-RGB or non-square files are found when the index is built (:func:`check_images`), counted and logged
@@ -30,6 +34,7 @@ __all__ = [
     "FaceImage",
     "FaceImageError",
     "FacePairDataset",
+    "JudgeFaceDataset",
     "PairFolderDataset",
     "check_images",
     "read_face",
@@ -258,7 +263,72 @@ class PairFolderDataset(Dataset):
             "source": read_face(self.root / "source" / name, self.resolution)[0],
             "target": read_face(self.root / "target" / name, self.resolution)[0],
             "source_identity": int(self.labels.get(name, {}).get("source_identity", -1)),
+            "target_identity": int(self.labels.get(name, {}).get("target_identity", -1)),
         }
+        attrs = self.labels.get(name, {}).get("target_attributes")
+        if attrs is not None:
+            item["target_attributes"] = torch.tensor(attrs, dtype=torch.float32)
         if self.has_ground_truth:
             item["ground_truth"] = read_face(self.root / "ground_truth" / name, self.resolution)[0]
         return item
+
+
+class JudgeFaceDataset(Dataset):
+    """Faces with the renderer's parameters (``params.json``), for training the synthetic judge.
+
+    Args:
+        root: folder with ``params.json`` and the images it lists.
+        resolution: output size.
+        names: the relative paths to use (default: all, sorted).
+
+    Raises:
+        FaceImageError: ``params.json`` missing or malformed; the message names the file and the field.
+    """
+
+    def __init__(self, root: str | Path, resolution: int, names: list[str] | None = None) -> None:
+        self.root, self.resolution = Path(root), resolution
+        meta = read_judge_params(self.root)
+        self.identity_fields, self.attribute_fields = meta["identity_fields"], meta["attribute_fields"]
+        self.entries = meta["images"]
+        self.names = sorted(self.entries) if names is None else list(names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        name = self.names[index]
+        entry = self.entries[name]
+        return {
+            "image": read_face(self.root / name, self.resolution)[0],
+            "identity": torch.tensor(entry["identity"], dtype=torch.float32),
+            "attributes": torch.tensor(entry["attributes"], dtype=torch.float32),
+        }
+
+
+def read_judge_params(root: str | Path) -> dict:
+    """``root/params.json`` checked: field lists, and every image's vectors of matching lengths."""
+    path = Path(root) / "params.json"
+    if not path.is_file():
+        raise FaceImageError(
+            f"{path}: not found; write judge faces with `repsuite faceswap synth ROOT` (ROOT/judge/)"
+        )
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise FaceImageError(f"{path}: not valid JSON ({err})") from err
+    for key in ("identity_fields", "attribute_fields", "images"):
+        if key not in meta:
+            raise FaceImageError(
+                f"{path}: missing field {key!r} (expected identity_fields, attribute_fields, images)"
+            )
+    sizes = {"identity": len(meta["identity_fields"]), "attributes": len(meta["attribute_fields"])}
+    for name, entry in meta["images"].items():
+        for key, size in sizes.items():
+            value = entry.get(key) if isinstance(entry, dict) else None
+            if not isinstance(value, list) or len(value) != size:
+                raise FaceImageError(
+                    f"{path}: images[{name!r}].{key} must be a list of {size} numbers, got {value!r}"
+                )
+    if not meta["images"]:
+        raise FaceImageError(f"{path}: 'images' is empty")
+    return meta

@@ -16,14 +16,16 @@ from repsuite.faceswap.data import (
     FaceImage,
     FaceImageError,
     FacePairDataset,
+    JudgeFaceDataset,
     PairFolderDataset,
     check_images,
     read_face,
+    read_judge_params,
     scan_ffhq,
     scan_vggface2,
 )
 
-__all__ = ["FaceIdentityDataModule", "FaceSwapDataModule"]
+__all__ = ["FaceIdentityDataModule", "FaceJudgeDataModule", "FaceSwapDataModule"]
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
@@ -199,6 +201,7 @@ class HeldOutPairs(Dataset):
             "source": read_face(src.path, self.resolution)[0],
             "target": read_face(tgt.path, self.resolution)[0],
             "source_identity": src.identity,
+            "target_identity": tgt.identity,
         }
 
 
@@ -294,6 +297,72 @@ class FaceIdentityDataModule(LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         """One held-out face per identity."""
+        h = self.hparams
+        return DataLoader(
+            self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate
+        )
+
+
+class FaceJudgeDataModule(LightningDataModule):
+    """Faces with known rendering parameters (synthetic ``ROOT/judge/``) for an independent judge.
+
+    The last ``val_fraction`` of the sorted images validate. ``identity_dim`` / ``attribute_dim`` are read
+    from ``params.json`` at construction, so the CLI links them into the judge's constructor.
+
+    Args:
+        judge_root: folder with ``params.json`` (``repsuite faceswap synth`` writes ``ROOT/judge``).
+        resolution: size the faces are read at.
+        val_fraction: share of the images held out for validation.
+        batch_size: training batch size.
+        eval_batch_size: validation batch size.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        judge_root: str,
+        resolution: int = 64,
+        val_fraction: float = 0.1,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        meta = read_judge_params(judge_root)
+        self.identity_dim = len(meta["identity_fields"])
+        self.attribute_dim = len(meta["attribute_fields"])
+        self.train_set: JudgeFaceDataset | None = None
+        self.val_set: JudgeFaceDataset | None = None
+
+    def __str__(self) -> str:
+        return f"{type(self).__name__}({dict(self.hparams)})"  # cheap: see FaceIdentityDataModule.__str__
+
+    def setup(self, stage: str) -> None:
+        """Split the sorted image list into train / val."""
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        names = sorted(read_judge_params(h.judge_root)["images"])
+        n_val = max(1, round(len(names) * h.val_fraction)) if len(names) > 1 else 0
+        self.train_set = JudgeFaceDataset(h.judge_root, h.resolution, names[: len(names) - n_val])
+        self.val_set = JudgeFaceDataset(h.judge_root, h.resolution, names[len(names) - n_val :])
+
+    def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Identity (N, identity_dim) and attribute (N, attribute_dim) vectors of the training images."""
+        entries = self.train_set.entries
+        ident = torch.tensor([entries[n]["identity"] for n in self.train_set.names], dtype=torch.float32)
+        attrs = torch.tensor([entries[n]["attributes"] for n in self.train_set.names], dtype=torch.float32)
+        return ident, attrs
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled faces."""
+        h = self.hparams
+        return DataLoader(self.train_set, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
+                          collate_fn=_collate, drop_last=len(self.train_set) > h.batch_size)  # fmt: skip
+
+    def val_dataloader(self) -> DataLoader:
+        """Held-out faces."""
         h = self.hparams
         return DataLoader(
             self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate

@@ -3,8 +3,11 @@
 :func:`evaluate_swaps` returns ID retrieval / ID cosine (with any identity encoder), optional pose and shape
 errors and FID, and — when the folder has ``ground_truth/`` (synthetic faces) — PSNR of the swaps against the
 ground-truth swaps next to the two trivial baselines "copy the target" and "copy the source", plus the ID
-retrieval of the ground-truth swaps themselves (the ceiling the encoder allows). :func:`swap_grid_pairs`
-picks the pairs shown in a swap grid.
+retrieval of the ground-truth swaps themselves (the ceiling the encoder allows). With an independent judge
+(:func:`open_judge`: a ``FaceJudgeModule`` checkpoint on synthetic faces, a second ArcFace on real ones) it
+also reports whose identity the judge sees in the swaps — the source's or the target's — and pose /
+expression errors, next to the same figures for the ground-truth swaps and both copy baselines.
+:func:`swap_grid_pairs` picks the pairs shown in a swap grid.
 """
 
 from __future__ import annotations
@@ -15,10 +18,11 @@ import torch
 from torch import nn
 
 from repsuite.faceswap.data import PairFolderDataset
+from repsuite.faceswap.judging import JudgeScores, SwapJudge, open_judge
 from repsuite.faceswap.metrics import IDCosine, IDRetrieval, PoseError, ShapeError
 from repsuite.faceswap.module import FaceSwapModule, psnr
 
-__all__ = ["evaluate_swaps", "swap_grid_pairs"]
+__all__ = ["SwapJudge", "evaluate_swaps", "open_judge", "swap_grid_pairs"]
 
 
 @torch.no_grad()
@@ -26,6 +30,7 @@ def evaluate_swaps(
     module: FaceSwapModule,
     pairs: PairFolderDataset,
     embedder: nn.Module | None = None,
+    judge: SwapJudge | None = None,
     pose_estimator: nn.Module | None = None,
     shape_estimator: nn.Module | None = None,
     fid: bool = False,
@@ -36,8 +41,12 @@ def evaluate_swaps(
     Args:
         module: the swapper (its EMA generator when it keeps one).
         pairs: the pair folder, read at the swapper's resolution.
-        embedder: faces (B, 3, S, S) → identity embeddings for the ID metrics; the swapper's own training
-            encoder when None (an independent one is the fairer judge).
+        embedder: faces (B, 3, S, S) → identity embeddings for ``id_retrieval`` / ``id_cosine``; the
+            swapper's own training encoder when None.
+        judge: an independent judge (:func:`open_judge`): whose identity it sees in each swap (source or
+            target, among all identities of the folder), and pose / expression errors against the target's
+            true attributes when the folder records them (else against the judge's reading of the target).
+            Also reported for the ground-truth swaps and the copy-target / copy-source baselines.
         pose_estimator: faces → (B, 3) yaw/pitch/roll, compared between swap and target.
         shape_estimator: faces → (B, K) 3DMM shape coefficients, compared between swap and source.
         fid: FID of the swaps against the targets on ``embedder``'s features.
@@ -46,20 +55,18 @@ def evaluate_swaps(
     Returns:
         ``pairs``, ``id_retrieval`` (%), ``chance_id_retrieval`` (%), ``id_cosine``; ``pose_error``,
         ``shape_error``, ``fid`` when asked; with ground truth ``psnr_swap``, ``psnr_copy_target``,
-        ``psnr_copy_source`` (dB) and ``id_retrieval_ground_truth`` (%).
+        ``psnr_copy_source`` (dB) and ``id_retrieval_ground_truth`` (%); with a judge ``judge``,
+        ``judge_chance``, ``judge_source_top1``, ``judge_target_top1`` (%), ``judge_pose_error``,
+        ``judge_expression_error`` and the same keys for ``judge_ground_truth_*``, ``judge_copy_target_*``,
+        ``judge_copy_source_*``.
     """
     embedder = embedder if embedder is not None else module.embedder
     module = module.eval()
     retrieval, cosine, gt_retrieval = IDRetrieval(embedder), IDCosine(embedder), IDRetrieval(embedder)
     pose = PoseError(pose_estimator) if pose_estimator is not None else None
     shape = ShapeError(shape_estimator) if shape_estimator is not None else None
-    fid_metric = None
-    if fid:
-        from torchmetrics.image.fid import FrechetInceptionDistance
-
-        from repsuite.faceswap.metrics import EmbeddingFeatures
-
-        fid_metric = FrechetInceptionDistance(feature=EmbeddingFeatures(embedder, 512), normalize=True)
+    judged = JudgeScores(judge) if judge is not None else None
+    fid_metric = _fid(embedder) if fid else None
     sums = {"swap": 0.0, "copy_target": 0.0, "copy_source": 0.0}
     with_gt = 0
     for batch in torch.utils.data.DataLoader(pairs, batch_size=batch_size):
@@ -73,16 +80,16 @@ def evaluate_swaps(
         if fid_metric is not None:
             fid_metric.update((batch["target"] + 1) / 2, real=True)
             fid_metric.update((swaps + 1) / 2, real=False)
+        images = {"swap": swaps, "copy_target": batch["target"], "copy_source": batch["source"]}
         if "ground_truth" in batch:
             gt, n = batch["ground_truth"], swaps.shape[0]
             gt_retrieval.update(gt, batch["source"], batch["source_identity"])
-            for key, img in (
-                ("swap", swaps),
-                ("copy_target", batch["target"]),
-                ("copy_source", batch["source"]),
-            ):
-                sums[key] += psnr(img, gt).item() * n
+            for key in sums:
+                sums[key] += psnr(images[key], gt).item() * n
             with_gt += n
+            images["ground_truth"] = gt
+        if judged is not None:
+            judged.update(images, batch)
     identities = {str(pairs.labels.get(n, {}).get("source_identity", n)) for n in pairs.names}
     results: dict[str, Any] = {
         "pairs": len(pairs),
@@ -99,7 +106,20 @@ def evaluate_swaps(
     if with_gt:
         results |= {f"psnr_{k}": v / with_gt for k, v in sums.items()}
         results["id_retrieval_ground_truth"] = gt_retrieval.compute().item()
+    if judged is not None:
+        gallery = {
+            int(lab[k]) for lab in pairs.labels.values() for k in ("source_identity", "target_identity")
+        }
+        results |= {"judge": judge.name, "judge_chance": 100.0 / max(1, len(gallery))} | judged.results()
     return results
+
+
+def _fid(embedder: nn.Module) -> Any:
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from repsuite.faceswap.metrics import EmbeddingFeatures
+
+    return FrechetInceptionDistance(feature=EmbeddingFeatures(embedder, 512), normalize=True)
 
 
 def swap_grid_pairs(pairs: PairFolderDataset, k: int) -> list[int]:

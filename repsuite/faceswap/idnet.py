@@ -35,6 +35,8 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         weight_decay: AdamW weight decay.
         dropout: dropout before the embedding layer.
         input_size: ArcFace crop size (112 as published; 64 makes CPU demos ~3× cheaper).
+        crop_zoom: template zoom of the crop (1 as published: the inner face; < 1 also shows hair and the
+            face outline, which a swapper trained against this encoder can then transfer).
     """
 
     def __init__(
@@ -48,10 +50,12 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         weight_decay: float = 5e-4,
         dropout: float = 0.0,
         input_size: int = 112,
+        crop_zoom: float = 1.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone = iresnet(depth, num_features, dropout, input_size)
+        self.backbone.crop_zoom = crop_zoom
         self.head: ArcMarginHead | None = None
         if num_classes is not None:
             self._build_head(num_classes)
@@ -74,7 +78,7 @@ class IdentityModule(ExactResumeMixin, LightningModule):
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces (B, 3, S, S) in [-1, 1] -> embeddings (B, num_features)."""
-        return self.backbone(to_arcface_input(faces, size=self.hparams.input_size))
+        return self.backbone(to_arcface_input(faces, size=self.hparams.input_size, zoom=self.hparams.crop_zoom))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Margin cross-entropy."""

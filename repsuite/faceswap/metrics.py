@@ -7,6 +7,10 @@ Every metric takes images and a pluggable ``nn.Module`` that turns them into wha
 * :class:`IDCosine` — mean cosine between the swap's and the source's embeddings;
 * :class:`PoseError` — mean L2 distance between (yaw, pitch, roll) of swap and target from a head-pose model;
 * :class:`ShapeError` — mean L2 distance between 3DMM shape coefficients of swap and source;
+* :class:`JudgedIdentity` — an independent judge's verdict: % of swaps whose nearest identity (Euclidean,
+  over the mean embedding of each identity's sources) is their source's, and % where it is their target's;
+* :class:`AttributeDistance` — mean L2 distance between an estimator's attributes (pose, expression) of the
+  swap and the target's true attributes (synthetic faces) or the estimator's reading of the target;
 * :class:`EmbeddingFeatures` wraps any embedding model for torchmetrics' ``FrechetInceptionDistance``
   (``feature=EmbeddingFeatures(model, dim)``), so FID needs no downloaded Inception weights.
 
@@ -24,7 +28,16 @@ from torchmetrics.utilities import dim_zero_cat
 
 from repsuite.faceswap.align import to_arcface_input
 
-__all__ = ["ArcFaceEmbedder", "EmbeddingFeatures", "IDCosine", "IDRetrieval", "PoseError", "ShapeError"]
+__all__ = [
+    "ArcFaceEmbedder",
+    "AttributeDistance",
+    "EmbeddingFeatures",
+    "IDCosine",
+    "IDRetrieval",
+    "JudgedIdentity",
+    "PoseError",
+    "ShapeError",
+]
 
 
 class ArcFaceEmbedder(nn.Module):
@@ -36,7 +49,8 @@ class ArcFaceEmbedder(nn.Module):
 
     def forward(self, faces: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, D)."""
-        return self.arcface(to_arcface_input(faces, size=getattr(self.arcface, "input_size", 112)))
+        size, zoom = getattr(self.arcface, "input_size", 112), getattr(self.arcface, "crop_zoom", 1.0)
+        return self.arcface(to_arcface_input(faces, size=size, zoom=zoom))
 
 
 class IDRetrieval(Metric):
@@ -127,6 +141,88 @@ class PoseError(_PairDistance):
 
 class ShapeError(_PairDistance):
     """Mean L2 distance of 3DMM shape coefficients (estimator: faces → (B, K)) between swap and source."""
+
+
+class JudgedIdentity(Metric):
+    """Whose identity an independent judge sees in each swap: the source's or the target's.
+
+    The gallery holds one entry per identity (source or target) seen, the mean of the judge's embeddings of
+    the *original* faces of that identity; a swap is assigned to the nearest entry by Euclidean distance.
+    ``compute()`` returns ``{"source": %, "target": %}`` (top-1 hits of the swap's source / target identity).
+
+    Args:
+        judge: faces → embeddings compared by L2 distance (e.g. ``FaceJudge.identity_embedding``, or an
+            ArcFace wrapped to give L2-normalised embeddings). Must not be the swapper's training encoder.
+    """
+
+    full_state_update = False
+
+    def __init__(self, judge: nn.Module, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.__dict__["judge"] = judge  # used, not owned
+        for name in ("swap", "source", "target", "source_id", "target_id"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def update(
+        self, swaps: Tensor, sources: Tensor, targets: Tensor, source_id: Tensor, target_id: Tensor
+    ) -> None:
+        """Swaps, sources, targets (B, 3, S, S); identity labels (B,) of sources and targets (≥ 0)."""
+        if (source_id < 0).any() or (target_id < 0).any():
+            raise ValueError(
+                "JudgedIdentity: every pair needs source_identity and target_identity labels "
+                "(identities.json in the pair folder)"
+            )
+        self.swap.append(self.judge(swaps).float())
+        self.source.append(self.judge(sources).float())
+        self.target.append(self.judge(targets).float())
+        self.source_id.append(source_id.long().to(self.swap[-1].device))
+        self.target_id.append(target_id.long().to(self.swap[-1].device))
+
+    def compute(self) -> dict[str, Tensor]:
+        """``{"source": %, "target": %}``."""
+        swap = dim_zero_cat(self.swap)
+        faces = torch.cat([dim_zero_cat(self.source), dim_zero_cat(self.target)])  # (2N, D)
+        src_id, tgt_id = dim_zero_cat(self.source_id), dim_zero_cat(self.target_id)
+        classes, label = torch.unique(torch.cat([src_id, tgt_id]), return_inverse=True)
+        counts = torch.zeros(len(classes), device=faces.device).index_add_(
+            0, label, torch.ones_like(label, dtype=faces.dtype)
+        )
+        gallery = torch.zeros(len(classes), faces.shape[1], device=faces.device).index_add_(0, label, faces)
+        gallery = gallery / counts[:, None]  # (identities, D)
+        pred = torch.cdist(swap, gallery).argmin(dim=1)  # (N,)
+        n = len(src_id)
+        return {
+            "source": 100.0 * (pred == label[:n]).float().mean(),
+            "target": 100.0 * (pred == label[n:]).float().mean(),
+        }
+
+
+class AttributeDistance(Metric):
+    """Mean L2 distance between the estimated attributes of swaps and reference attributes.
+
+    Args:
+        estimator: faces → (B, K) attributes (e.g. the judge's (yaw, pitch) or (mouth, smile)).
+    """
+
+    full_state_update = False
+
+    def __init__(self, estimator: nn.Module, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.__dict__["estimator"] = estimator  # used, not owned
+        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+
+    @torch.no_grad()
+    def update(self, images: Tensor, reference: Tensor) -> None:
+        """Images (B, 3, S, S) and their reference attributes (B, K) (the truth, or the target's estimate)."""
+        d = (self.estimator(images).float() - reference.float()).norm(dim=-1)
+        self.total += d.double().sum()
+        self.count += d.numel()
+
+    def compute(self) -> Tensor:
+        """Mean L2 distance."""
+        return (self.total / self.count.clamp(min=1)).float()
 
 
 class EmbeddingFeatures(nn.Module):

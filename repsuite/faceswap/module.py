@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from repsuite.faceswap.align import face_template
 from repsuite.faceswap.arcface import IRESNET_LAYERS, iresnet, load_arcface
 from repsuite.faceswap.discriminators import COMPONENTS, FacialComponentDiscriminator, crop_components
+from repsuite.faceswap.judging import JudgeScores, SwapJudge, check_independent, open_judge
 from repsuite.faceswap.loading import load_stylegan2
 from repsuite.faceswap.losses import (
     IdentityLoss,
@@ -44,12 +45,22 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         random_prior: allow a randomly initialised prior (demos and tests on synthetic faces; pair it with
             ``train_prior``) — refused otherwise, since a random prior makes the method meaningless.
         random_id_encoder: allow a random identity encoder (plumbing tests only).
+        id_judge_ckpt: an independent judge for validation (a ``FaceJudgeModule`` checkpoint of
+            ``configs/faceswap/judge_demo.yaml`` on synthetic faces, or an ArcFace other than
+            ``id_encoder_ckpt``): logs ``val/judge_source_top1`` / ``val/judge_target_top1`` (whose identity
+            it sees in the swaps) and pose / expression errors next to the training encoder's
+            ``val/id_retrieval``. Refused when it is, or shares weights with, the training encoder. Not
+            saved in checkpoints.
         channel_multiplier, narrow, num_mlp: architecture of a random prior (else read from ``prior_ckpt``).
         unet_narrow, id_injection, unet_skips, id_blocks_bottleneck, train_prior: see
             :class:`~repsuite.faceswap.model.FaceSwapGeneratorConfig`.
         component_discriminators: add the left-eye / right-eye / mouth discriminators (GFPGAN).
         component_width: first-layer channels of the component discriminators.
         id_weight, recon_weight, adv_weight, fm_weight: λ_ID, λ_Recon, λ_adv, λ_wkFM (10 / 10 / 1 / 5).
+        id_jitter: the identity loss sees the swap through a random shift / scale of up to this fraction of
+            the face (0: the plain swap, as in the thesis). A generator can satisfy one encoder at one exact
+            crop with changes no other recogniser reads as identity; identity that survives re-cropping is
+            identity in the image.
         component_weight: weight of each component discriminator's adversarial term.
         fm_layers: deepest discriminator feature maps matched by the weak feature-matching loss.
         r1_weight: R1 penalty weight (0 turns it off); applied lazily every ``r1_every`` steps.
@@ -67,8 +78,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         max_skipped_steps: a G or D step whose loss or gradients are not finite is skipped (counted and
             logged as ``train/skipped_steps``); this many skips in a row stop training with an error.
         grid_size: sources × targets in the logged swap grid.
-        id_encoder_depth, id_encoder_input_size: architecture of a random identity encoder (read from
-            ``id_encoder_ckpt`` otherwise).
+        id_encoder_depth, id_encoder_input_size, id_encoder_crop_zoom: architecture and crop of a random
+            identity encoder (read from ``id_encoder_ckpt`` otherwise).
     """
 
     def __init__(
@@ -78,6 +89,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         id_encoder_ckpt: str | None = None,
         random_prior: bool = False,
         random_id_encoder: bool = False,
+        id_judge_ckpt: str | None = None,
         channel_multiplier: float = 1,
         narrow: float = 1.0,
         num_mlp: int = 8,
@@ -92,6 +104,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         recon_weight: float = 10.0,
         adv_weight: float = 1.0,
         fm_weight: float = 5.0,
+        id_jitter: float = 0.0,
         component_weight: float = 1.0,
         fm_layers: int = 2,
         r1_weight: float = 10.0,
@@ -105,6 +118,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         grid_size: int = 4,
         id_encoder_depth: int = 18,
         id_encoder_input_size: int = 112,
+        id_encoder_crop_zoom: float = 1.0,
         _arch_only: bool = False,
     ) -> None:
         super().__init__()
@@ -138,7 +152,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.fm_loss = WeakFeatureMatchingLoss(fm_weight, fm_layers)
         self.val_retrieval = IDRetrieval(self.embedder)
         self.val_cosine = IDCosine(self.embedder)
+        self.judge, self.judge_scores = self._build_judge(_arch_only)
         self._grid: Tensor | None = None
+        self._id_jitter: nn.Module | None = None
         self._skipped_total = 0
         self._skipped_in_row = 0
 
@@ -165,13 +181,26 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             net = load_arcface(h.id_encoder_ckpt)
             self.hparams["id_encoder_depth"] = {v: k for k, v in IRESNET_LAYERS.items()}[net.layers_cfg]
             self.hparams["id_encoder_input_size"] = net.input_size
+            self.hparams["id_encoder_crop_zoom"] = net.crop_zoom
             return net
         if not (h.random_id_encoder or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs id_encoder_ckpt (an arcface_torch backbone.pth or a checkpoint of "
                 "`repsuite fit --config configs/faceswap/idnet_demo.yaml`) or random_id_encoder=True (tests)"
             )
-        return iresnet(h.id_encoder_depth, input_size=h.id_encoder_input_size).eval().requires_grad_(False)
+        net = iresnet(h.id_encoder_depth, input_size=h.id_encoder_input_size)
+        net.crop_zoom = h.id_encoder_crop_zoom
+        return net.eval().requires_grad_(False)
+
+    def _build_judge(self, arch_only: bool) -> tuple[SwapJudge | None, JudgeScores | None]:
+        """The independent judge (kept out of the state dict: it is no part of the swapper)."""
+        h = self.hparams
+        if not h.id_judge_ckpt or arch_only:
+            return None, None
+        judge = open_judge(h.id_judge_ckpt)
+        if h.id_encoder_ckpt:
+            check_independent(h.id_judge_ckpt, h.id_encoder_ckpt, self.arcface, judge)
+        return judge, JudgeScores(judge)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FaceSwapModule:
@@ -236,7 +265,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             _, real_feats = self.discriminator(batch["target"], return_features=True)
         terms = {
             "g_adv": h.adv_weight * generator_adversarial_loss(logits),
-            "id": self.id_loss(self.embedder(swap), id_src),
+            "id": self.id_loss(self.embedder(self._identity_view(swap)), id_src),
             "recon": self.recon_loss(swap, batch["target"], batch["same_identity"]),
             "fm": self.fm_loss(fake_feats, real_feats),
         }
@@ -245,6 +274,19 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             for name, d in self.components.items():
                 terms[f"g_{name}"] = h.component_weight * generator_adversarial_loss(d(crops[name]))
         return terms
+
+    def _identity_view(self, swap: Tensor) -> Tensor:
+        """The swap as the identity loss sees it: randomly shifted / scaled by up to ``id_jitter``."""
+        j = self.hparams.id_jitter
+        if not j:
+            return swap
+        if self._id_jitter is None:
+            import kornia.augmentation as K
+
+            self._id_jitter = K.RandomAffine(
+                degrees=0.0, translate=(j, j), scale=(1 - j, 1 + j), p=1.0, padding_mode="border"
+            )
+        return self._id_jitter(swap)
 
     def discriminator_losses(self, batch: dict[str, Any], swap: Tensor, r1: bool) -> dict[str, Tensor]:
         """Every discriminator term (the swap is detached)."""
@@ -379,6 +421,13 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         return [opt_g, opt_d]
 
     # ------------------------------------------------------------------------------------------- evaluation
+    def on_validation_start(self) -> None:
+        """The judge and its metrics follow the module's device."""
+        if self.judge is not None:
+            for net in self.judge.modules():
+                net.to(self.device)
+            self.judge_scores.to(self.device)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Swaps of the validation pairs: ID retrieval / cosine, PSNR against ground-truth swaps if given."""
         swaps = self.swap(batch["source"], batch["target"])
@@ -390,6 +439,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             self.log("val/psnr", psnr(swaps, gt), batch_size=n, sync_dist=True)
             self.log("val/psnr_copy_target", psnr(batch["target"], gt), batch_size=n, sync_dist=True)
             self.log("val/psnr_copy_source", psnr(batch["source"], gt), batch_size=n, sync_dist=True)
+        if self.judge_scores is not None:
+            self.judge_scores.update({"swap": swaps}, batch)
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])
 
@@ -399,6 +450,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.log("val/id_cosine", self.val_cosine.compute())
         self.val_retrieval.reset()
         self.val_cosine.reset()
+        if self.judge_scores is not None:
+            self.log_dict({f"val/{k}": v for k, v in self.judge_scores.results().items()})
+            self.judge_scores.reset()
         if self._grid is not None and self.trainer is not None and not self.trainer.sanity_checking:
             self._log_grid(self._grid)
         self._grid = None

@@ -15,7 +15,13 @@ Layouts written by :func:`write_synthetic_faces`::
     ROOT/<layout>/landmarks.json              {relative path: [[x, y] × 5]} (left eye, right eye, nose,
                                               mouth corners), repsuite's optional landmark file
     ROOT/pairs/{source,target,ground_truth}/<name>.png and pairs/identities.json
-                                              held-out identities for ``repsuite faceswap eval``
+                                              held-out identities for ``repsuite faceswap eval``; each
+                                              entry also records the renderer's truth: the source's
+                                              identity parameters, the target's attributes
+    ROOT/judge/images/<nnnnn>.png, judge/params.json
+                                              faces of further identities with their rendering
+                                              parameters, drawn from a separate random stream, for
+                                              training an independent judge (:mod:`repsuite.faceswap.judge`)
 
 Faces are aligned like FFHQ crops: eyes and mouth sit near the 5-point template, moved a little by pose.
 """
@@ -30,14 +36,34 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "ATTRIBUTE_FIELDS",
+    "IDENTITY_FIELDS",
     "FaceAttributes",
     "FaceIdentity",
     "SyntheticFacesSpec",
     "render_face",
     "sample_attributes",
     "sample_identity",
+    "write_judge_faces",
     "write_synthetic_faces",
 ]
+
+# Flat parameter vectors of an identity / of attributes, in this order (colours as three channels); these
+# are the regression targets of the synthetic judge and the truth recorded next to the evaluation pairs.
+IDENTITY_FIELDS = (
+    "face_width", "face_height", "jaw", "skin_r", "skin_g", "skin_b", "eye_size", "eye_spacing",
+    "iris_r", "iris_g", "iris_b", "brow", "nose_length", "nose_width", "hair_r", "hair_g", "hair_b", "fringe",
+)  # fmt: skip
+ATTRIBUTE_FIELDS = (
+    "yaw",
+    "pitch",
+    "mouth_open",
+    "smile",
+    "background_r",
+    "background_g",
+    "background_b",
+    "light",
+)
 
 
 @dataclass
@@ -57,6 +83,10 @@ class FaceIdentity:
     hair: tuple[float, float, float]
     fringe: float
 
+    def vector(self) -> list[float]:
+        """The parameters in :data:`IDENTITY_FIELDS` order."""
+        return _flatten(self)
+
 
 @dataclass
 class FaceAttributes:
@@ -68,6 +98,18 @@ class FaceAttributes:
     smile: float  # [-1, 1]
     background: tuple[float, float, float]
     light: float  # [-1, 1], direction of the brightness gradient
+
+    def vector(self) -> list[float]:
+        """The parameters in :data:`ATTRIBUTE_FIELDS` order."""
+        return _flatten(self)
+
+
+def _flatten(params: FaceIdentity | FaceAttributes) -> list[float]:
+    out: list[float] = []
+    for f in fields(params):
+        value = getattr(params, f.name)
+        out += [float(v) for v in value] if isinstance(value, tuple) else [float(value)]
+    return out
 
 
 def _rand(g: torch.Generator, lo: float = 0.0, hi: float = 1.0) -> float:
@@ -177,9 +219,10 @@ class SyntheticFacesSpec:
     identities: int = 24
     images_per_identity: int = 6
     ffhq_images: int = 96
-    eval_identities: int = 8
-    eval_pairs: int = 32
+    eval_identities: int = 20
+    eval_pairs: int = 100
     singleton_identities: int = 1  # identity folders with a single image (cannot form a same-identity pair)
+    judge_images: int = 4000  # faces of further identities with their parameters (0: no judge/ folder)
     seed: int = 0
 
 
@@ -194,8 +237,15 @@ def _save(img: Tensor, path: Path) -> None:
 
 def write_synthetic_faces(root: str | Path, spec: SyntheticFacesSpec | None = None) -> Path:
     """Write the layouts listed in the module docstring under ``root`` and return it."""
-    spec = spec or SyntheticFacesSpec()
-    root = Path(root)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # hundreds of tiny ops per face: threads only add overhead (~50x slower)
+    try:
+        return _write_synthetic_faces(Path(root), spec or SyntheticFacesSpec())
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _write_synthetic_faces(root: Path, spec: SyntheticFacesSpec) -> Path:
     g = torch.Generator().manual_seed(spec.seed)
     r = spec.resolution
     vgg, ffhq = root / "vggface2_hq", root / "ffhq"
@@ -217,7 +267,8 @@ def write_synthetic_faces(root: str | Path, spec: SyntheticFacesSpec | None = No
         lm_ffhq[rel] = lm.tolist()
     (ffhq / "landmarks.json").write_text(json.dumps(lm_ffhq))
     pairs = root / "pairs"
-    held_out = [sample_identity(g) for _ in range(spec.eval_identities)]
+    g = torch.Generator().manual_seed(spec.seed + 104729)  # its own stream: the same pairs whatever the
+    held_out = [sample_identity(g) for _ in range(spec.eval_identities)]  # training set's size
     labels = {}
     for p in range(spec.eval_pairs):
         s_id = p % len(held_out)
@@ -227,11 +278,48 @@ def write_synthetic_faces(root: str | Path, spec: SyntheticFacesSpec | None = No
         _save(render_face(held_out[s_id], s_attr, r)[0], pairs / "source" / name)
         _save(render_face(held_out[t_id], t_attr, r)[0], pairs / "target" / name)
         _save(render_face(held_out[s_id], t_attr, r)[0], pairs / "ground_truth" / name)
-        labels[name] = {"source_identity": s_id, "target_identity": t_id}
+        labels[name] = {
+            "source_identity": s_id,
+            "target_identity": t_id,
+            "source_identity_params": held_out[s_id].vector(),
+            "target_attributes": t_attr.vector(),
+        }
     (pairs / "identities.json").write_text(json.dumps(labels, indent=1))
+    if spec.judge_images:
+        write_judge_faces(root / "judge", spec.judge_images, r, seed=spec.seed + 7919)
     meta = {
+        "identity_fields": list(IDENTITY_FIELDS),
+        "attribute_fields": list(ATTRIBUTE_FIELDS),
         "spec": {f.name: getattr(spec, f.name) for f in fields(spec)},
         "generator": "repsuite.faceswap.synthetic",
     }
     (root / "synthetic.json").write_text(json.dumps(meta, indent=1))
+    return root
+
+
+def write_judge_faces(root: str | Path, count: int, resolution: int, seed: int) -> Path:
+    """Faces of ``count`` fresh identities with random attributes and their parameters, for a judge.
+
+    Writes ``root/images/<nnnnn>.png`` and ``root/params.json``::
+
+        {"identity_fields": [...], "attribute_fields": [...],
+         "images": {"images/00000.png": {"identity": [18 floats], "attributes": [8 floats]}, ...}}
+
+    The stream is seeded separately from the swapper's training faces, so the judge shares no image (and,
+    with probability one, no identity) with them.
+    """
+    root = Path(root)
+    g = torch.Generator().manual_seed(seed)
+    entries = {}
+    for n in range(count):
+        ident, attrs = sample_identity(g), sample_attributes(g)
+        rel = f"images/{n:05d}.png"
+        _save(render_face(ident, attrs, resolution)[0], root / rel)
+        entries[rel] = {"identity": ident.vector(), "attributes": attrs.vector()}
+    meta = {
+        "identity_fields": list(IDENTITY_FIELDS),
+        "attribute_fields": list(ATTRIBUTE_FIELDS),
+        "images": entries,
+    }
+    (root / "params.json").write_text(json.dumps(meta))
     return root
