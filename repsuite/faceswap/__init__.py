@@ -13,6 +13,7 @@ from repsuite.faceswap.evaluation import evaluate_swaps, swap_grid_pairs
 from repsuite.faceswap.idnet import IdentityModule
 from repsuite.faceswap.judge import FaceJudge, FaceJudgeConfig, load_judge
 from repsuite.faceswap.judge_module import FaceJudgeModule
+from repsuite.faceswap.judging import SwapJudge, open_judge
 from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
 from repsuite.faceswap.module import FaceSwapModule
@@ -40,6 +41,7 @@ __all__ = [
     "StyleGAN2Config",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
+    "SwapJudge",
     "apply_cs_sft",
     "evaluate_swaps",
     "infer_stylegan2_config",
@@ -48,6 +50,7 @@ __all__ = [
     "load_judge",
     "load_stylegan2",
     "load_stylegan2_discriminator",
+    "open_judge",
     "stylegan2_channels",
     "swap_grid_pairs",
 ]

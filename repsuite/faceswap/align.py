@@ -5,12 +5,13 @@ coordinates (x, y) with pixel centres at integers (OpenCV's convention). Templat
 (shared/reference/faceswap.md §3): insightface's ``arcface_dst`` for 112×112 recognition crops and facexlib's
 FFHQ-style 512×512 template used by GFPGAN; the latter scales linearly to any resolution.
 
-Warps are :func:`torch.nn.functional.grid_sample` calls, so they run batched on the accelerator and are
+Warps are kornia's (``grid_sample`` underneath), so they run batched on the accelerator and are
 differentiable (the identity loss crops a 512 px swap to ArcFace's 112 px input inside the graph).
 """
 
 from __future__ import annotations
 
+import kornia
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -65,14 +66,8 @@ def estimate_similarity(src: Tensor, dst: Tensor) -> Tensor:
     return torch.cat([lin, t], dim=-1).float()  # (..., 2, 3)
 
 
-def _invert(m: Tensor) -> Tensor:
-    """Inverse of affine (..., 2, 3) matrices."""
-    full = torch.cat([m, m.new_tensor([0.0, 0.0, 1.0]).expand(*m.shape[:-2], 1, 3)], dim=-2)  # (..., 3, 3)
-    return torch.linalg.inv(full)[..., :2, :]
-
-
 def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
-    """Batched ``cv2.warpAffine``: output pixel p shows the input at M⁻¹ p (zeros outside).
+    """Batched ``cv2.warpAffine`` (kornia): output pixel p shows the input at M⁻¹ p (zeros outside).
 
     Args:
         image: (B, C, H, W).
@@ -83,19 +78,12 @@ def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str 
     Returns:
         (B, C, height, width).
     """
-    b, _, h, w = image.shape
-    oh, ow = size
-    inv = _invert(matrix.to(image.device, torch.float32).expand(b, 2, 3))  # output → input pixels
-    ys, xs = torch.meshgrid(
-        torch.arange(oh, device=image.device, dtype=torch.float32),
-        torch.arange(ow, device=image.device, dtype=torch.float32),
-        indexing="ij",
+    m = matrix.to(image.device, torch.float32).expand(image.shape[0], 2, 3)
+    # sampled in float32: kornia wants one dtype, and a bf16 matrix would be off by a fraction of a pixel
+    out = kornia.geometry.transform.warp_affine(
+        image.float(), m, size, mode=mode, padding_mode="zeros", align_corners=True
     )
-    pts = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1).reshape(1, -1, 3)  # (1, oh·ow, 3)
-    src = pts @ inv.transpose(1, 2)  # (B, oh·ow, 2) input pixel coordinates
-    grid = torch.stack([2 * src[..., 0] / (w - 1) - 1, 2 * src[..., 1] / (h - 1) - 1], dim=-1)
-    grid = grid.reshape(b, oh, ow, 2).to(image.dtype)
-    return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
+    return out.to(image.dtype)
 
 
 def to_arcface_input(
@@ -152,10 +140,9 @@ def paste_back(
     Returns:
         (composited photos (B, C, H, W), soft masks (B, 1, H, W) in [0, 1]).
     """
-    import kornia
-
     h, w = photo.shape[-2:]
-    back = _invert(matrix.to(photo.device, torch.float32).expand(photo.shape[0], 2, 3))  # aligned → photo
+    m = matrix.to(photo.device, torch.float32).expand(photo.shape[0], 2, 3)
+    back = kornia.geometry.transform.invert_affine_transform(m)  # aligned → photo pixels
     warped = warp_affine(face, back, (h, w))
     ones = torch.ones_like(face[:, :1])
     mask = warp_affine(ones, back, (h, w))

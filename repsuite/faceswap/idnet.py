@@ -78,7 +78,8 @@ class IdentityModule(ExactResumeMixin, LightningModule):
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces (B, 3, S, S) in [-1, 1] -> embeddings (B, num_features)."""
-        return self.backbone(to_arcface_input(faces, size=self.hparams.input_size, zoom=self.hparams.crop_zoom))
+        h = self.hparams
+        return self.backbone(to_arcface_input(faces, size=h.input_size, zoom=h.crop_zoom))
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Margin cross-entropy."""

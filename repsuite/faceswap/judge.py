@@ -40,12 +40,22 @@ class FaceJudgeConfig:
         width: channels of the first stage (doubled at each of the four stride-2 stages, capped at 8×).
         identity_dim: identity parameters predicted (18 for repsuite's renderer).
         attribute_dim: attribute parameters predicted (8: yaw, pitch, mouth, smile, background RGB, light).
+        mouth_branch: read the expression (``EXPRESSION_SLICE``) from a magnified crop of the mouth region
+            (a 64 px face's mouth is a few pixels; the whole-face branch does not learn it).
     """
 
     input_size: int = 48
     width: int = 32
     identity_dim: int = 18
     attribute_dim: int = 8
+    mouth_branch: bool = True
+
+
+# Mouth region of an aligned face (centre x 0.5, y 0.68 of the face: the synthetic renderer's mouth, a little
+# above the FFHQ template's 0.725), with room for pose, as an affine_grid matrix in [-1, 1] coordinates:
+# half-width 0.17, half-height 0.13 of the face.
+_MOUTH_THETA = torch.tensor([[0.34, 0.0, 0.0], [0.0, 0.26, 0.36]])
+_MOUTH_SIZE = 32
 
 
 class _Stage(nn.Module):
@@ -86,6 +96,15 @@ class FaceJudge(nn.Module):
             nn.Linear(chans[-1] * side * side, hidden), nn.SiLU(),
             nn.Linear(hidden, cfg.identity_dim + cfg.attribute_dim),
         )  # fmt: skip
+        self.mouth = None
+        if cfg.mouth_branch:
+            if cfg.attribute_dim < EXPRESSION_SLICE.stop:
+                raise ValueError(f"FaceJudge: mouth_branch needs attribute_dim >= {EXPRESSION_SLICE.stop}")
+            w = cfg.width
+            self.mouth = nn.Sequential(
+                _Stage(3, w), _Stage(w, 2 * w), nn.Flatten(),
+                nn.Linear(2 * w * (_MOUTH_SIZE // 4) ** 2, 128), nn.SiLU(), nn.Linear(128, 2),
+            )  # fmt: skip
         self.register_buffer("identity_mean", torch.zeros(cfg.identity_dim))
         self.register_buffer("identity_std", torch.ones(cfg.identity_dim))
         self.register_buffer("attribute_mean", torch.zeros(cfg.attribute_dim))
@@ -108,7 +127,14 @@ class FaceJudge(nn.Module):
             )
         feat = self.stages(faces)  # (B, C, size/16, size/16)
         out = self.head(rearrange(feat, "b c h w -> b (c h w)"))  # (B, identity_dim + attribute_dim)
-        return out[:, : self.cfg.identity_dim], out[:, self.cfg.identity_dim :]
+        ident, attrs = out[:, : self.cfg.identity_dim], out[:, self.cfg.identity_dim :]
+        if self.mouth is not None:
+            theta = _MOUTH_THETA.to(faces).expand(faces.shape[0], 2, 3)
+            grid = F.affine_grid(theta, [faces.shape[0], 3, _MOUTH_SIZE, _MOUTH_SIZE], align_corners=False)
+            crop = F.grid_sample(faces, grid, mode="bilinear", align_corners=False)  # (B, 3, 32, 32)
+            e = EXPRESSION_SLICE
+            attrs = torch.cat([attrs[:, : e.start], self.mouth(crop), attrs[:, e.stop :]], dim=1)
+        return ident, attrs
 
     def forward(self, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, S, S) -> identity (B, identity_dim), attributes (B, attribute_dim), renderer units."""

@@ -28,6 +28,7 @@ class FaceJudgeModule(ExactResumeMixin, LightningModule):
         identity_dim, attribute_dim: parameter counts; the CLI links them from ``FaceJudgeDataModule``.
         input_size: the judge's input size (faces are resized to it).
         width: channels of the judge's first stage.
+        mouth_branch: read the expression from a magnified mouth crop (see :class:`FaceJudgeConfig`).
         attribute_weight: weight of the attribute term next to the identity term.
         lr: AdamW learning rate (cosine decay over the run).
         weight_decay: AdamW weight decay.
@@ -42,10 +43,11 @@ class FaceJudgeModule(ExactResumeMixin, LightningModule):
         attribute_weight: float = 1.0,
         lr: float = 2e-3,
         weight_decay: float = 1e-4,
+        mouth_branch: bool = True,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.judge = FaceJudge(FaceJudgeConfig(input_size, width, identity_dim, attribute_dim))
+        self.judge = FaceJudge(FaceJudgeConfig(input_size, width, identity_dim, attribute_dim, mouth_branch))
 
     def on_fit_start(self) -> None:
         """Standardise by the training set's parameter statistics (saved in the judge's buffers)."""

@@ -9,8 +9,10 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from repsuite.faceswap.align import face_template
 from repsuite.faceswap.arcface import IRESNET_LAYERS, iresnet, load_arcface
@@ -476,10 +478,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
 
         step = self.global_step
         for logger in self.loggers:
-            name = type(logger).__name__
-            if name == "WandbLogger":
+            if isinstance(logger, WandbLogger):
                 logger.log_image("val/swap_grid", [grid], step=step)
-            elif name == "TensorBoardLogger":
+            elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("val/swap_grid", grid, step)
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)
         folder.mkdir(parents=True, exist_ok=True)
@@ -491,6 +492,5 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
 
 
 def psnr(a: Tensor, b: Tensor) -> Tensor:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp(min=1e-10)
-    return (10 * torch.log10(4.0 / mse)).mean()
+    """Mean over images (B, 3, H, W) in [-1, 1] of each image's PSNR in dB (peak-to-peak 2)."""
+    return peak_signal_noise_ratio(a.float(), b.float(), data_range=2.0, dim=(1, 2, 3))

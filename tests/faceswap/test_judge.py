@@ -160,18 +160,22 @@ def test_swapper_validation_and_eval_report_the_judge_next_to_the_encoder(faces,
     _, judge_ckpt, idnet_ckpt = trained
     cli = run_cli(
         ["fit", "--model=FaceSwapModule", "--model.resolution=32", "--model.random_prior=true",
-         "--model.train_prior=true", "--model.narrow=0.0625", "--model.num_mlp=2", "--model.component_width=8",
+         "--model.train_prior=true", "--model.narrow=0.0625", "--model.num_mlp=2",
+         "--model.component_width=8", "--model.id_jitter=0.05",
          f"--model.id_encoder_ckpt={idnet_ckpt}", f"--model.id_judge_ckpt={judge_ckpt}",
          "--data=FaceSwapDataModule", f"--data.vggface2_root={faces / 'vggface2_hq'}",
          f"--data.val_pairs_root={faces / 'pairs'}", "--data.resolution=32", "--data.batch_size=2",
-         "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.enable_progress_bar=false",
-         "--trainer.enable_model_summary=false", "--trainer.default_root_dir=swap"]
+         "--trainer.accelerator=cpu", "--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+         "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false",
+         "--trainer.default_root_dir=swap"]
     )  # fmt: skip
     m = cli.trainer.callback_metrics
     for key in ("val/id_retrieval", "val/judge_source_top1", "val/judge_target_top1", "val/judge_pose_error",
                 "val/judge_expression_error"):  # fmt: skip
         assert key in m and torch.isfinite(m[key]), key
     assert not any("judge" in k for k in cli.model.state_dict())  # the judge is no part of the swapper
+    sweep = yaml.safe_load((ROOT / "configs/sweeps/faceswap_demo.yaml").read_text())
+    assert sweep["metric"]["name"] == "val/judge_source_top1"  # the sweep optimises the judge's figure
     ckpt = next(in_tmp.glob("swap/**/*.ckpt"))
     capsys.readouterr()
     rc = main(["faceswap", "eval", str(faces / "pairs"), "--ckpt", str(ckpt), "--id-judge", str(judge_ckpt),

@@ -33,7 +33,12 @@ TINY_MODEL = [
 def faces(tmp_path_factory):
     root = tmp_path_factory.mktemp("faces")
     spec = SyntheticFacesSpec(
-        resolution=32, identities=4, images_per_identity=3, ffhq_images=4, eval_identities=3, eval_pairs=4,
+        resolution=32,
+        identities=4,
+        images_per_identity=3,
+        ffhq_images=4,
+        eval_identities=3,
+        eval_pairs=4,
         judge_images=48,
     )
     return write_synthetic_faces(root, spec)

@@ -16,7 +16,12 @@ from repsuite.faceswap.synthetic import (
 
 def test_layouts_and_ground_truth(tmp_path):
     spec = SyntheticFacesSpec(
-        resolution=32, identities=3, images_per_identity=2, ffhq_images=3, eval_identities=3, eval_pairs=4,
+        resolution=32,
+        identities=3,
+        images_per_identity=2,
+        ffhq_images=3,
+        eval_identities=3,
+        eval_pairs=4,
         judge_images=6,
     )
     root = write_synthetic_faces(tmp_path, spec)
