@@ -22,7 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from repsuite import __version__
+from repsuite._version import __version__
 
 __all__ = [
     "TASK_PACKAGES",
