@@ -139,6 +139,11 @@ class Ego4DNLQDataModule(LightningDataModule):
             raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
         return int(load_feature_file(first, "text feature").shape[1])
 
+    def predict_ground_truth(self) -> Path | None:
+        """The annotation file of ``predict_split`` if it has answers (for scoring a prediction run)."""
+        path = self.base / "annotations" / SPLIT_FILES[self.hparams.predict_split]
+        return path if self.hparams.predict_split != "test" and path.exists() else None
+
     def dataset(self, split: str) -> Ego4DNLQDataset:
         """The dataset of one annotation split (built once)."""
         if split not in self.datasets:
