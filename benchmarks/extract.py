@@ -6,7 +6,7 @@
 
 Stages (a "frame" is one official feature row: one sampled frame per 32-frame window):
 
-* decode: :class:`~repsuite.nlq.extraction.VideoRowsDataset` in this process — probe, decode the stream,
+* decode: :class:`~repsuite.nlq.extract.pipeline.VideoRowsDataset` in this process — probe, decode the stream,
   keep the sampled frames, resize their short side to 224 (what DataLoader workers do);
 * encode: the frozen open_clip ViT-B-16 image tower (randomly initialised: same cost as the real weights)
   on batches of 224 px uint8 frames, preprocessing included;
@@ -32,8 +32,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from repsuite.nlq.extraction import VideoRowsDataset, plan_videos
-from repsuite.nlq.frame_encoder import FrameEncoder
+from repsuite.nlq.extract.frame_encoder import FrameEncoder
+from repsuite.nlq.extract.pipeline import VideoRowsDataset, plan_videos
 
 
 def write_videos(folder: Path, count: int, seconds: float, width: int, height: int) -> None:

@@ -22,7 +22,7 @@ from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
-from repsuite import __version__
+from repsuite._version import __version__
 
 __all__ = [
     "TASK_PACKAGES",
@@ -53,10 +53,18 @@ TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq", "repsuite.faceswap")
 
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
-#: Values a DataModule reads from its data (feature widths) that the model needs: linked from
-#: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so no config types them by
-#: hand. The link is skipped for DataModules without the attribute.
-LINKED_FROM_DATA: tuple[str, ...] = ("video_dim", "text_dim", "num_classes", "identity_dim", "attribute_dim")
+#: Values the model needs from the DataModule — widths it reads from its data, and settings both sides
+#: share (``max_video_len``: the bins a clip is pooled to and the model's learned positions) — linked from
+#: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so every config gives each
+#: value once, in the data section. The link is skipped for DataModules without the attribute.
+LINKED_FROM_DATA: tuple[str, ...] = (
+    "video_dim",
+    "text_dim",
+    "max_video_len",
+    "num_classes",
+    "identity_dim",
+    "attribute_dim",
+)
 
 
 def _import_task_classes() -> None:

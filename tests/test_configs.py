@@ -45,12 +45,9 @@ def test_config_parses(path: Path, in_tmp, capsys):
 
 @pytest.mark.parametrize("path", EXTRACT, ids=lambda p: p.name)
 def test_extract_config_is_read_by_extract_video(path: Path):
-    from repsuite.nlq.cli import build_parser, extract_video_parser, load_config_defaults
+    from repsuite.nlq.cli import build_parser
 
-    parser = build_parser()
-    args = ["extract-video", "--config", str(path), "videos/", "-o", "out"]
-    load_config_defaults(extract_video_parser(parser), args[1:])
-    ns = parser.parse_args(args)
+    ns = build_parser().parse_args(["extract-video", "--config", str(path), "videos/", "-o", "out"])
     for key, value in yaml.safe_load(path.read_text()).items():
         assert getattr(ns, key) == value, key
 

@@ -13,6 +13,7 @@ from repsuite.nlq.evaluation import (
 )
 from repsuite.nlq.metrics import NLQRecall, window_iou
 from repsuite.nlq.module import NLQModule
+from repsuite.nlq.submission import SubmissionWriter, ensemble_submissions
 
 __all__ = [
     "CHALLENGE",
@@ -22,6 +23,8 @@ __all__ = [
     "NLQModule",
     "NLQRecall",
     "SubmissionError",
+    "SubmissionWriter",
+    "ensemble_submissions",
     "evaluate_nlq",
     "format_table",
     "temporal_iou",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,10 +145,102 @@ def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
     return value
 
 
+@dataclass
+class _Counts:
+    """What a parse dropped (by reason) and noticed, in :class:`NLQAnnotations` order."""
+
+    dropped: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ["zero-length window", "no query text", "GT starts outside the clip", "reversed GT window"], 0
+        )
+    )
+    notes: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(
+            ["GT ends past the clip end", "zero-length windows", "queries without text"], 0
+        )
+    )
+
+
+def _parse_clip(clip: Any, video_uid: str, where: str) -> NLQClip:
+    """One ``clips[]`` entry (its bounds checked) without its annotations."""
+    clip_uid = _req(clip, "clip_uid", where, (str,))
+    start = float(_req(clip, "video_start_sec", where, (int, float)))
+    end = float(_req(clip, "video_end_sec", where, (int, float)))
+    if end <= start:
+        raise NLQAnnotationError(f"{where}: video_end_sec ({end}) must be after video_start_sec ({start})")
+    return NLQClip(clip_uid, video_uid, start, end)
+
+
+def _raw_queries(
+    videos: list, source: str, clips: dict[str, NLQClip]
+) -> Iterator[tuple[NLQClip, str, str | None, int, Any, str]]:
+    """Walk videos → clips → annotations → language queries.
+
+    Yields ``(clip, annotation_uid, request_uid, query_idx, raw query, JSON path)``; each parsed clip is
+    added to ``clips`` on the way (clips without queries included).
+    """
+    for vi, video in enumerate(videos):
+        vw = f"{source}: videos[{vi}]"
+        video_uid = _req(video, "video_uid", vw, (str,))
+        for ci, raw_clip in enumerate(_req(video, "clips", vw, (list,))):
+            cw = f"{vw}.clips[{ci}]"
+            clip = _parse_clip(raw_clip, video_uid, cw)
+            clips[clip.clip_uid] = clip
+            for ai, ann in enumerate(_req(raw_clip, "annotations", cw, (list,))):
+                aw = f"{cw}.annotations[{ai}]"
+                ann_uid, request_uid = (
+                    _req(ann, "annotation_uid", aw, (str,)),
+                    _opt_str(ann, "request_uid", aw),
+                )
+                for qi, lq in enumerate(_req(ann, "language_queries", aw, (list,))):
+                    yield clip, ann_uid, request_uid, qi, lq, f"{aw}.language_queries[{qi}]"
+
+
+def _gt_window(
+    lq: Any, where: str, clip_len: float, counts: _Counts
+) -> tuple[float | None, float | None] | None:
+    """A raw query's GT window: ``(None, None)`` without one (test file), ``None`` when invalid (counted)."""
+    if not isinstance(lq, Mapping):
+        raise NLQAnnotationError(f"{where}: expected an object, got {type(lq).__name__}")
+    if "clip_start_sec" not in lq and "clip_end_sec" not in lq:
+        return None, None
+    gt_start = float(_req(lq, "clip_start_sec", where, (int, float)))
+    gt_end = float(_req(lq, "clip_end_sec", where, (int, float)))
+    if gt_end < gt_start:
+        log.warning("%s: clip_end_sec %s < clip_start_sec %s; dropped", where, gt_end, gt_start)
+        counts.dropped["reversed GT window"] += 1
+        return None
+    if gt_start < 0 or gt_start >= clip_len:
+        log.warning("%s: clip_start_sec %s outside the clip [0, %.3f); dropped", where, gt_start, clip_len)
+        counts.dropped["GT starts outside the clip"] += 1
+        return None
+    if gt_end > clip_len:
+        counts.notes["GT ends past the clip end"] += 1
+    return gt_start, gt_end
+
+
+def _keep(query: NLQQuery, counts: _Counts, drop_zero_length: bool, drop_empty_query: bool) -> bool:
+    """Count the query's quirks; False when an optional filter drops it (counted by reason)."""
+    if query.is_zero_length:
+        counts.notes["zero-length windows"] += 1
+    if not query.has_text:
+        counts.notes["queries without text"] += 1
+    if drop_zero_length and query.is_zero_length:
+        counts.dropped["zero-length window"] += 1
+        return False
+    if drop_empty_query and not query.has_text:
+        counts.dropped["no query text"] += 1
+        return False
+    return True
+
+
 def parse_nlq_annotations(
     data: Any, *, source: str = "annotations", drop_zero_length: bool = False, drop_empty_query: bool = False
 ) -> NLQAnnotations:
     """Parse an NLQ annotation object (see module docstring) into :class:`NLQAnnotations`.
+
+    Invalid windows (reversed, or starting outside the clip) are always dropped and counted: they can
+    neither be learned nor answered.
 
     Args:
         data: the JSON object.
@@ -163,82 +255,28 @@ def parse_nlq_annotations(
     videos = _req(data, "videos", source, (list,))
     clips: dict[str, NLQClip] = {}
     queries: list[NLQQuery] = []
-    # invalid windows are always dropped (and counted): they can neither be learned nor answered
-    dropped = {
-        "zero-length window": 0,
-        "no query text": 0,
-        "GT starts outside the clip": 0,
-        "reversed GT window": 0,
-    }
-    notes = {"GT ends past the clip end": 0, "zero-length windows": 0, "queries without text": 0}
+    counts = _Counts()
     num_raw = 0
-    for vi, video in enumerate(videos):
-        vw = f"{source}: videos[{vi}]"
-        video_uid = _req(video, "video_uid", vw, (str,))
-        for ci, clip in enumerate(_req(video, "clips", vw, (list,))):
-            cw = f"{vw}.clips[{ci}]"
-            clip_uid = _req(clip, "clip_uid", cw, (str,))
-            start = float(_req(clip, "video_start_sec", cw, (int, float)))
-            end = float(_req(clip, "video_end_sec", cw, (int, float)))
-            if end <= start:
-                raise NLQAnnotationError(
-                    f"{cw}: video_end_sec ({end}) must be after video_start_sec ({start})"
-                )
-            clips[clip_uid] = NLQClip(clip_uid, video_uid, start, end)
-            for ai, ann in enumerate(_req(clip, "annotations", cw, (list,))):
-                aw = f"{cw}.annotations[{ai}]"
-                ann_uid = _req(ann, "annotation_uid", aw, (str,))
-                request_uid = _opt_str(ann, "request_uid", aw)
-                for qi, lq in enumerate(_req(ann, "language_queries", aw, (list,))):
-                    qw = f"{aw}.language_queries[{qi}]"
-                    num_raw += 1
-                    gt_start = gt_end = None
-                    if isinstance(lq, Mapping) and ("clip_start_sec" in lq or "clip_end_sec" in lq):
-                        gt_start = float(_req(lq, "clip_start_sec", qw, (int, float)))
-                        gt_end = float(_req(lq, "clip_end_sec", qw, (int, float)))
-                        if gt_end < gt_start:
-                            log.warning(
-                                "%s: clip_end_sec %s < clip_start_sec %s; dropped", qw, gt_end, gt_start
-                            )
-                            dropped["reversed GT window"] += 1
-                            continue
-                        if gt_start < 0 or gt_start >= end - start:
-                            log.warning(
-                                "%s: clip_start_sec %s outside the clip [0, %.3f); dropped",
-                                qw,
-                                gt_start,
-                                end - start,
-                            )
-                            dropped["GT starts outside the clip"] += 1
-                            continue
-                        if gt_end > end - start:
-                            notes["GT ends past the clip end"] += 1
-                    elif not isinstance(lq, Mapping):
-                        raise NLQAnnotationError(f"{qw}: expected an object, got {type(lq).__name__}")
-                    query = NLQQuery(
-                        clip_uid=clip_uid,
-                        video_uid=video_uid,
-                        annotation_uid=ann_uid,
-                        query_idx=qi,
-                        query=_opt_str(lq, "query", qw),
-                        template=_opt_str(lq, "template", qw),
-                        gt_start=gt_start,
-                        gt_end=gt_end,
-                        request_uid=request_uid,
-                        answer=_opt_str(lq, "answer", qw),
-                    )
-                    if query.is_zero_length:
-                        notes["zero-length windows"] += 1
-                    if not query.has_text:
-                        notes["queries without text"] += 1
-                    if drop_zero_length and query.is_zero_length:
-                        dropped["zero-length window"] += 1
-                        continue
-                    if drop_empty_query and not query.has_text:
-                        dropped["no query text"] += 1
-                        continue
-                    queries.append(query)
-    result = NLQAnnotations(source, version, clips, queries, num_raw, dropped, notes)
+    for clip, ann_uid, request_uid, qi, lq, where in _raw_queries(videos, source, clips):
+        num_raw += 1
+        window = _gt_window(lq, where, clip.duration, counts)
+        if window is None:
+            continue
+        query = NLQQuery(
+            clip_uid=clip.clip_uid,
+            video_uid=clip.video_uid,
+            annotation_uid=ann_uid,
+            query_idx=qi,
+            query=_opt_str(lq, "query", where),
+            template=_opt_str(lq, "template", where),
+            gt_start=window[0],
+            gt_end=window[1],
+            request_uid=request_uid,
+            answer=_opt_str(lq, "answer", where),
+        )
+        if _keep(query, counts, drop_zero_length, drop_empty_query):
+            queries.append(query)
+    result = NLQAnnotations(source, version, clips, queries, num_raw, counts.dropped, counts.notes)
     log.info(result.summary())
     return result
 

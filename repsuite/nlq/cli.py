@@ -1,8 +1,7 @@
-"""``repsuite nlq ...``: Ego4D NLQ tools.
+"""``repsuite nlq ...``: Ego4D NLQ tools (eval, submit, ensemble, extract-text, extract-video, synth).
 
-``eval`` (official scoring), ``submit`` (checkpoint -> challenge submission), ``ensemble`` (merge
-submissions by score), ``extract-text`` (CLIP token features of the questions, the author's file format)
-and ``synth`` (synthetic data in the official layout).
+Each tool is a small function over library code; ``submit`` is a ``repsuite predict`` run (see
+:func:`repsuite.nlq.submission.submit_args`).
 """
 
 from __future__ import annotations
@@ -12,18 +11,21 @@ import json
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
+from repsuite._version import __version__
 from repsuite.nlq.evaluation import SubmissionError, evaluate_nlq, format_table, load_json
-
-SYNTH_SIGNAL = 2.5  # keep equal to SyntheticSpec.signal (checked by a test); importing torch here is slow
 
 
 def _eval(ns: argparse.Namespace) -> int:
-    gt = load_json(ns.ground_truth)
-    pred = load_json(ns.predictions)
+    gt, pred = load_json(ns.ground_truth), load_json(ns.predictions)
+
+    def score(entries: Any) -> Any:
+        return evaluate_nlq(entries, gt, ns.thresholds, ns.topk, strict=ns.strict, source=str(ns.predictions))
+
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = evaluate_nlq(pred, gt, ns.thresholds, ns.topk, strict=ns.strict, source=str(ns.predictions))
+        result = score(pred)
     for w in caught:
         print(f"warning: {w.message}", file=sys.stderr)
     mode = "strict: missing queries count as misses" if ns.strict else "official"
@@ -34,16 +36,8 @@ def _eval(ns: argparse.Namespace) -> int:
     if ns.random_baseline:
         from repsuite.nlq.evaluation import random_window_baseline
 
-        chance = evaluate_nlq(
-            random_window_baseline(pred, gt, seed=0),
-            gt,
-            ns.thresholds,
-            ns.topk,
-            strict=ns.strict,
-            source=str(ns.predictions),
-        )
         print("Random-window baseline (same queries, same window lengths, random places):")
-        print(format_table(chance))
+        print(format_table(score(random_window_baseline(pred, gt, seed=0))))
     if ns.json:
         Path(ns.json).write_text(json.dumps(result.as_dict(), indent=2))
     return 0
@@ -56,8 +50,8 @@ def _synth(ns: argparse.Namespace) -> int:
         num_videos={"train": ns.train_videos, "val": ns.val_videos, "test": ns.test_videos},
         clips_per_video=ns.clips_per_video,
         clip_seconds=(ns.min_clip_seconds, ns.max_clip_seconds),
-        signal=ns.signal,
         seed=ns.seed,
+        **({} if ns.signal is None else {"signal": ns.signal}),  # the default lives in SyntheticSpec
     )
     base = write_synthetic_ego4d(ns.root, spec, version=ns.version)
     print(
@@ -91,237 +85,44 @@ def _extract_text(ns: argparse.Namespace) -> int:
 
 
 def _extract_video(ns: argparse.Namespace) -> int:
-    import torch
-    from lightning.pytorch import Trainer
+    from repsuite.nlq.extract import ExtractOptions, extract_videos
 
-    from repsuite.nlq.extraction import (
-        MANIFEST,
-        FeatureWriter,
-        FrameFeatureExtractor,
-        VideoRowsData,
-        plan_videos,
-    )
-    from repsuite.nlq.frame_encoder import FrameEncoder
-
-    out = Path(ns.output)
     try:
-        videos, failed = plan_videos(ns.videos, ns.annotations, ns.video_dir)
-        if not videos and not failed:
-            raise ValueError("no videos given: pass video files/folders, or --annotations with --video-dir")
-        encoder = FrameEncoder(ns.encoder, ns.model, ns.checkpoint, random_init=ns.random_init)
-    except (ValueError, FileNotFoundError) as err:
+        return extract_videos(ExtractOptions.from_namespace(ns))
+    except (ValueError, FileNotFoundError) as err:  # no videos, bad weights, a folder of another run
         print(f"error: {err}", file=sys.stderr)
         return 1
-    out.mkdir(parents=True, exist_ok=True)
-    run = {
-        "format": "one (N, D) tensor per video, N = official rows (window 32, stride 16 at 30 fps)",
-        "encoder": encoder.describe(),
-        "sampling": {
-            "rule": ns.sampling,
-            "seed": ns.seed,
-            "window_frames": 32,
-            "stride_frames": 16,
-            "fps": 30,
-        },
-        "dtype": ns.dtype,
-    }
-    mpath = out / MANIFEST
-    if mpath.exists() and not ns.overwrite:
-        old = json.loads(mpath.read_text())
-        keys = [
-            ("encoder", "checkpoint_sha256"),
-            ("encoder", "model"),
-            ("encoder", "kind"),
-            ("sampling",),
-            ("dtype",),
-        ]
-        for path in keys:
-            a, b = old, run
-            for k in path:
-                a, b = (a or {}).get(k), (b or {}).get(k)
-            if a != b:
-                print(
-                    f"error: {mpath}: features there were made with {'.'.join(path)} = {a!r}, this run uses "
-                    f"{b!r}; "
-                    "use another output folder or --overwrite",
-                    file=sys.stderr,
-                )
-                return 1
-    precision = ns.precision or (
-        "bf16-mixed" if torch.cuda.is_available() and ns.accelerator != "cpu" else "32-true"
-    )
-    writer = FeatureWriter(out, run, getattr(torch, ns.dtype), failed, num_videos=len(videos))
-    trainer = Trainer(
-        accelerator=ns.accelerator,
-        devices=ns.devices,
-        num_nodes=ns.num_nodes,
-        strategy=ns.strategy,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        callbacks=[writer],
-    )
-    data = VideoRowsData(
-        videos, str(out), encoder.preprocess.resize_to, ns.sampling, ns.seed, ns.batch_size, ns.overwrite,
-        ns.num_workers,
-    )  # fmt: skip
-    trainer.predict(FrameFeatureExtractor(encoder), datamodule=data, return_predictions=False)
-    if trainer.global_rank != 0:
-        return 0
-    for line in writer.summary.lines():
-        print(line)
-    print(f"features: {out} (manifest: {mpath})")
-    return 1 if writer.summary.failed else 0
-
-
-def load_config_defaults(parser: argparse.ArgumentParser, argv: list[str]) -> None:
-    """``--config FILE`` (YAML with option names as keys) sets defaults that flags on the line override."""
-    import yaml
-
-    pre = argparse.ArgumentParser(add_help=False)
-    pre.add_argument("--config")
-    known, _ = pre.parse_known_args(argv)
-    if known.config:
-        values = yaml.safe_load(Path(known.config).read_text()) or {}
-        dests = {a.dest for a in parser._actions}
-        unknown = sorted(set(values) - dests)
-        if unknown:
-            parser.error(f"{known.config}: unknown option(s) {unknown}; known: {sorted(dests - {'help'})}")
-        parser.set_defaults(**values)
-
-
-def _parse_overrides(extra: list[str]) -> dict[str, object]:
-    """``--data.key=value`` / ``--data.key value`` words -> {key: YAML-parsed value}."""
-    import yaml
-
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(extra):
-        word = extra[i]
-        if not word.startswith("--data."):
-            raise SubmissionError(
-                f"unrecognized argument {word!r} (only --data.<option> overrides are accepted)"
-            )
-        key, sep, value = word[len("--data.") :].partition("=")
-        if not sep:
-            if i + 1 >= len(extra):
-                raise SubmissionError(f"{word}: missing value")
-            value, i = extra[i + 1], i + 1
-        out[key] = yaml.safe_load(value)
-        i += 1
-    return out
 
 
 def _submit(ns: argparse.Namespace, extra: list[str]) -> int:
-    import inspect
+    from repsuite.cli import run_cli
+    from repsuite.nlq.submission import submit_args
 
-    import torch
-    from lightning.pytorch import Trainer
-
-    from repsuite.nlq.datamodule import Ego4DNLQDataModule
-    from repsuite.nlq.evaluation import CHALLENGE, SUBMISSION_VERSION, validate_submission
-    from repsuite.nlq.module import NLQModule
-
-    ckpt = torch.load(ns.checkpoint, map_location="cpu", weights_only=True)
-    data_args = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    if not data_args:
-        raise SubmissionError(
-            f"{ns.checkpoint}: no datamodule_hyper_parameters; was it trained with Ego4DNLQDataModule?"
-        )
-    overrides = _parse_overrides(extra)
-    valid = set(inspect.signature(Ego4DNLQDataModule.__init__).parameters) - {"self"}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise SubmissionError(f"unknown data option(s) {unknown}; valid: {sorted(valid)}")
-    data_args.update(overrides)
-    data_args["predict_split"] = ns.split
-    dm = Ego4DNLQDataModule(**{k: v for k, v in data_args.items() if k in valid})
-    model = NLQModule.load_from_checkpoint(ns.checkpoint, map_location="cpu", weights_only=True)
-    trainer = Trainer(
-        accelerator=ns.accelerator,
-        devices=1,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
-    batches = trainer.predict(model, datamodule=dm)
-    results = [entry for batch in batches for entry in batch]
-    submission = {"version": SUBMISSION_VERSION, "challenge": CHALLENGE, "results": results}
-    validate_submission(
-        submission, max_windows=model.hparams.top_k, require_ordered=True, source=str(ns.output)
-    )
-    Path(ns.output).write_text(json.dumps(submission))
-    print(f"wrote {len(results)} predictions for split '{ns.split}' to {ns.output}")
-    gt_path = dm.base / "annotations" / f"nlq_{ns.split}.json"
-    if ns.split != "test" and gt_path.exists():
-        result = evaluate_nlq(submission, load_json(gt_path), source=str(ns.output))
-        print(f"Evaluated: {result.num_evaluated} / {result.num_gt_queries} instances (official)")
-        print(format_table(result))
-    return 0
+    args = submit_args(ns.checkpoint, ns.split, ns.output, ns.accelerator, overrides=extra)
+    try:
+        with warnings.catch_warnings():  # sys.argv holds this tool's words, already translated into args
+            warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+            warnings.filterwarnings("ignore", message="Be aware that when using `ckpt_path`")  # training's
+            run_cli(args, save_config_callback=None)  # no config file: the submission is the only output
+        return 0
+    except SystemExit as exc:  # the CLI's parser has printed why (e.g. an unknown --data option)
+        return 1 if exc.code else 0
 
 
 def _ensemble(ns: argparse.Namespace) -> int:
-    from repsuite.nlq.evaluation import CHALLENGE, SUBMISSION_VERSION, validate_submission
+    from repsuite.nlq.submission import ensemble_submissions
 
-    pooled: dict[tuple, list[tuple[float, list[float]]]] = {}
-    order: list[tuple] = []
-    for path in ns.predictions:
-        sub = load_json(path)
-        for i, entry in enumerate(validate_submission(sub, source=str(path))):
-            scores = entry.get("scores")
-            if not isinstance(scores, list) or len(scores) != len(entry["predicted_times"]):
-                raise SubmissionError(
-                    f"{path}: results[{i}] has no `scores` list matching `predicted_times`; ensembling "
-                    "needs the scores repsuite writes next to each window"
-                )
-            key = (entry["clip_uid"], entry["annotation_uid"], entry["query_idx"])
-            if key not in pooled:
-                pooled[key] = []
-                order.append(key)
-            pooled[key].extend(zip(scores, entry["predicted_times"], strict=True))
-    results = []
-    for key in order:
-        ranked = sorted(pooled[key], key=lambda c: -c[0])
-        if ns.deduplicate:
-            seen, unique = set(), []
-            for score, window in ranked:
-                if tuple(window) not in seen:
-                    seen.add(tuple(window))
-                    unique.append((score, window))
-            ranked = unique
-        ranked = ranked[: ns.top_k]
-        results.append(
-            {
-                "clip_uid": key[0],
-                "annotation_uid": key[1],
-                "query_idx": key[2],
-                "predicted_times": [w for _, w in ranked],
-                "scores": [s for s, _ in ranked],
-            }
-        )
-    Path(ns.output).write_text(
-        json.dumps({"version": SUBMISSION_VERSION, "challenge": CHALLENGE, "results": results})
-    )
+    subs = ((str(path), load_json(path)) for path in ns.predictions)
+    merged = ensemble_submissions(subs, top_k=ns.top_k, deduplicate=ns.deduplicate)
+    Path(ns.output).write_text(json.dumps(merged))
     print(
-        f"merged {len(ns.predictions)} submissions into {len(results)} queries "
+        f"merged {len(ns.predictions)} submissions into {len(merged['results'])} queries "
         f"(top {ns.top_k} by score) -> {ns.output}"
     )
     return 0
 
 
-def extract_video_parser(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """The ``extract-video`` sub-parser of :func:`build_parser`'s parser."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["extract-video"]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The ``repsuite nlq`` argument parser (one sub-parser per tool)."""
-    parser = argparse.ArgumentParser(prog="repsuite nlq", description="Ego4D Natural Language Queries tools.")
-    sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
+def _add_eval(sub: Any) -> None:
     ev = sub.add_parser(
         "eval",
         help="score a submission exactly like the challenge server",
@@ -332,22 +133,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("ground_truth", metavar="GT.json", help="NLQ annotation file (nlq_val.json, v1 or v2)")
     ev.add_argument("predictions", metavar="PRED.json", help="submission file")
     ev.add_argument(
-        "--thresholds", type=float, nargs="+", default=[0.3, 0.5], help="IoU thresholds (default 0.3 0.5)"
+        "--thresholds", type=float, nargs="+", default=[0.3, 0.5], help="IoU thresholds (0.3 0.5)"
     )
     ev.add_argument("--topk", type=int, nargs="+", default=[1, 5], help="K of R@K (default 1 5)")
-    ev.add_argument(
-        "--strict",
-        action="store_true",
-        help="count every ground-truth query (missing = miss) and score duplicates once",
-    )
+    strict = "count every ground-truth query (missing = miss) and score duplicates once"
+    ev.add_argument("--strict", action="store_true", help=strict)
     ev.add_argument("--json", metavar="OUT.json", help="also write the scores (x100) as JSON")
-    ev.add_argument(
-        "--random-baseline",
-        action="store_true",
-        help="also score the same windows moved to random places in their clips (chance level)",
-    )
+    baseline = "also score the same windows moved to random places in their clips (chance level)"
+    ev.add_argument("--random-baseline", action="store_true", help=baseline)
     ev.set_defaults(func=_eval)
 
+
+def _add_synth(sub: Any) -> None:
     sy = sub.add_parser(
         "synth",
         help="write a synthetic NLQ download (official layout, learnable answers) for demos and tests",
@@ -356,36 +153,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sy.add_argument("root", metavar="ROOT", help="output folder (the --output_directory of the ego4d CLI)")
     sy.add_argument("--version", default="v2", choices=["v1", "v2"])
-    sy.add_argument("--train-videos", type=int, default=24)
-    sy.add_argument("--val-videos", type=int, default=6)
-    sy.add_argument("--test-videos", type=int, default=4)
-    sy.add_argument("--clips-per-video", type=int, default=2)
-    sy.add_argument("--min-clip-seconds", type=float, default=60.0)
-    sy.add_argument("--max-clip-seconds", type=float, default=120.0)
-    sy.add_argument(
-        "--signal",
-        type=float,
-        default=SYNTH_SIGNAL,
-        help=f"strength of an object event against unit background noise (default {SYNTH_SIGNAL}); "
-        "lower is harder",
-    )
+    for name, kind, default in [("train-videos", int, 24), ("val-videos", int, 6), ("test-videos", int, 4),
+                                ("clips-per-video", int, 2), ("min-clip-seconds", float, 60.0),
+                                ("max-clip-seconds", float, 120.0)]:  # fmt: skip
+        sy.add_argument(f"--{name}", type=kind, default=default)
+    signal = "strength of an object event against unit noise (default: SyntheticSpec's); lower is harder"
+    sy.add_argument("--signal", type=float, help=signal)
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
 
+
+def _add_submit(sub: Any) -> None:
     su = sub.add_parser(
         "submit",
         help="predict a split with a checkpoint and write a challenge submission (scores kept)",
-        description="Load CKPT (NLQModule) with the data options saved in it, predict --split, write "
-        "PRED.json in the challenge format (an extra `scores` list per entry, ignored by the official "
-        "scorer) and, for val, print the official table. Override data options with --data.<option>=<value>, "
-        "e.g. --data.root=/other/ego4d.",
+        description="Run `repsuite predict --ckpt_path CKPT` with the data options saved in CKPT and a "
+        "SubmissionWriter: predict --split, write PRED.json in the challenge format (an extra `scores` list "
+        "per entry, ignored by the official scorer) and, for val, print the official table. Override data "
+        "options with --data.<option>=<value>, e.g. --data.root=/other/ego4d.",
     )
     su.add_argument("checkpoint", metavar="CKPT")
     su.add_argument("--split", choices=["val", "test", "train"], default="test")
     su.add_argument("-o", "--output", required=True, metavar="PRED.json")
     su.add_argument("--accelerator", default="auto")
-    su.set_defaults(func=_submit, wants_extra=True)
+    su.set_defaults(func=_submit)
 
+
+def _add_extract_text(sub: Any) -> None:
     ex = sub.add_parser(
         "extract-text",
         help="CLIP token features of every question: OUT/<annotation_uid>_<query_idx>.pt (author's format)",
@@ -396,21 +190,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ex.add_argument("annotations", nargs="+", metavar="ANN.json", help="NLQ annotation file(s)")
     ex.add_argument("-o", "--output", required=True, metavar="DIR")
-    ex.add_argument(
-        "--model",
-        default="ViT-B-16",
-        help="open_clip model name (ViT-B-16-quickgelu for OpenAI's weights) or a model-config .json",
-    )
+    model = "open_clip model name (ViT-B-16-quickgelu for OpenAI's weights) or a model-config .json"
+    ex.add_argument("--model", default="ViT-B-16", help=model)
     ex.add_argument("--checkpoint", help="local weights file of the model (nothing is downloaded)")
-    ex.add_argument(
-        "--random-init",
-        action="store_true",
-        help="allow random weights (plumbing tests; features meaningless)",
-    )
+    ex.add_argument("--random-init", action="store_true", help="allow random weights (features meaningless)")
     ex.add_argument("--batch-size", type=int, default=256)
     ex.add_argument("--device", help="default: cuda when available, else cpu")
     ex.add_argument("--overwrite", action="store_true", help="recompute every file")
     ex.set_defaults(func=_extract_text)
+
+
+def _add_extract_video(sub: Any) -> None:
+    from repsuite.nlq.extract.options import OptionsFile
 
     xv = sub.add_parser(
         "extract-video",
@@ -421,39 +212,31 @@ def build_parser() -> argparse.ArgumentParser:
         "file is written atomically; OUT/manifest.json records the encoder, its checkpoint hash, the "
         "sampling rule and rows per video. Exit code 1 when any video failed (the rest are still extracted).",
     )
-    xv.add_argument("videos", nargs="*", metavar="VIDEO", help="video files and/or folders (<video_uid>.mp4)")
-    xv.add_argument(
-        "--annotations", nargs="+", metavar="ANN.json", help="extract only the videos these clips need"
-    )
-    xv.add_argument("--video-dir", help="folder of <video_uid>.mp4 for --annotations")
-    xv.add_argument("-o", "--output", required=True, metavar="OUT")
-    xv.add_argument(
-        "--config", metavar="YAML", help="option defaults from a file (configs/nlq/extract/*.yaml)"
-    )
-    xv.add_argument("--encoder", choices=["open_clip", "timm"], default="open_clip")
-    xv.add_argument(
-        "--model", default="ViT-B-16", help="open_clip or timm model name (or open_clip config .json)"
-    )
-    xv.add_argument("--checkpoint", help="local weights file of the model (nothing is downloaded)")
-    xv.add_argument("--random-init", action="store_true", help="allow random weights (benchmarks/tests only)")
-    xv.add_argument(
-        "--sampling",
-        choices=["center", "random"],
-        default="center",
-        help="frame per row: window centre or random",
-    )
-    xv.add_argument("--seed", type=int, default=0, help="seed of --sampling random (per video)")
-    xv.add_argument("--batch-size", type=int, default=64, help="frames per encoder batch")
-    xv.add_argument("--num-workers", type=int, default=2, help="decoding processes per device")
-    xv.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
-    xv.add_argument("--accelerator", default="auto")
-    xv.add_argument("--devices", default="auto", help="devices per node (int or auto)")
-    xv.add_argument("--num-nodes", type=int, default=1)
-    xv.add_argument("--strategy", default="auto", help="e.g. ddp for several devices or nodes")
-    xv.add_argument("--precision", help="default: bf16-mixed on GPU, 32-true on CPU")
-    xv.add_argument("--overwrite", action="store_true", help="redo finished videos")
+    add = xv.add_argument
+    add("videos", nargs="*", metavar="VIDEO", help="video files and/or folders (<video_uid>.mp4)")
+    add("--annotations", nargs="+", metavar="ANN.json", help="extract only the videos these clips need")
+    add("--video-dir", help="folder of <video_uid>.mp4 for --annotations")
+    add("-o", "--output", required=True, metavar="OUT")
+    add("--config", action=OptionsFile, metavar="YAML", help="options from a file (configs/nlq/extract/)")
+    add("--encoder", choices=["open_clip", "timm"], default="open_clip")
+    add("--model", default="ViT-B-16", help="open_clip or timm model name (or open_clip config .json)")
+    add("--checkpoint", help="local weights file of the model (nothing is downloaded)")
+    add("--random-init", action="store_true", help="allow random weights (benchmarks/tests only)")
+    add("--sampling", choices=["center", "random"], default="center", help="frame per row: centre or random")
+    add("--seed", type=int, default=0, help="seed of --sampling random (per video)")
+    add("--batch-size", type=int, default=64, help="frames per encoder batch")
+    add("--num-workers", type=int, default=2, help="decoding processes per device")
+    add("--dtype", choices=["float32", "float16"], default="float32", help="storage dtype")
+    add("--accelerator", default="auto")
+    add("--devices", default="auto", help="devices per node (int or auto)")
+    add("--num-nodes", type=int, default=1)
+    add("--strategy", default="auto", help="e.g. ddp for several devices or nodes")
+    add("--precision", help="default: bf16-mixed on GPU, 32-true on CPU")
+    add("--overwrite", action="store_true", help="redo finished videos")
     xv.set_defaults(func=_extract_video)
 
+
+def _add_ensemble(sub: Any) -> None:
     en = sub.add_parser(
         "ensemble",
         help="merge submissions by score (thesis §2.5): pool every window, keep the best top-k",
@@ -465,19 +248,26 @@ def build_parser() -> argparse.ArgumentParser:
     en.add_argument("--top-k", type=int, default=5)
     en.add_argument("--deduplicate", action="store_true", help="keep one copy of identical windows")
     en.set_defaults(func=_ensemble)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``repsuite nlq`` argument parser (one sub-parser per tool)."""
+    parser = argparse.ArgumentParser(prog="repsuite nlq", description="Ego4D Natural Language Queries tools.")
+    parser.add_argument("--version", action="version", version=f"repsuite {__version__}")
+    sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    for add in (_add_eval, _add_synth, _add_submit, _add_extract_text, _add_extract_video, _add_ensemble):
+        add(sub)
     return parser
 
 
 def main(argv: list[str]) -> int:
     """Entry point of ``repsuite nlq``; returns the exit code (1 for unreadable or malformed input)."""
     parser = build_parser()
-    if argv and argv[0] == "extract-video":
-        load_config_defaults(extract_video_parser(parser), argv[1:])
     ns, extra = parser.parse_known_args(argv)
-    if extra and not getattr(ns, "wants_extra", False):
+    if extra and ns.func is not _submit:  # only submit passes words on (to the Lightning CLI)
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        return ns.func(ns, extra) if getattr(ns, "wants_extra", False) else ns.func(ns)
+        return ns.func(ns, extra) if ns.func is _submit else ns.func(ns)
     except (SubmissionError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -101,13 +101,13 @@ class Ego4DNLQDataModule(LightningDataModule):
         self.feature_names = list(features or ["slowfast8x8_r101_k400"])
         if text == "features" and not text_features:
             raise ValueError("Ego4DNLQDataModule: text='features' needs `text_features` (a folder name)")
-        if text == "clip":
-            if clip_checkpoint is None and not clip_random_init:
-                raise ValueError(
-                    "Ego4DNLQDataModule: text='clip' needs `clip_checkpoint` (a local open_clip weights "
-                    "file); a randomly initialised frozen tower is refused unless clip_random_init=True"
-                )
-            self.hparams.text_features = text_features or default_cache_name(clip_model)
+        if text == "clip" and clip_checkpoint is None and not clip_random_init:
+            raise ValueError(
+                "Ego4DNLQDataModule: text='clip' needs `clip_checkpoint` (a local open_clip weights "
+                "file); a randomly initialised frozen tower is refused unless clip_random_init=True"
+            )
+        #: the text feature folder under ``root/version``, the CLIP cache's default name resolved
+        self.text_features = text_features or (default_cache_name(clip_model) if text == "clip" else None)
         if not (self.base / "annotations").is_dir():
             raise FileNotFoundError(
                 f"{self.base / 'annotations'}: not found; `root` must be the ego4d download folder that "
@@ -127,17 +127,27 @@ class Ego4DNLQDataModule(LightningDataModule):
         return sum(s.dim for s in self.sources) + (2 if self.hparams.temporal_position else 0)
 
     @property
+    def max_video_len(self) -> int:
+        """Bins per clip at most; the CLI links it into the model (its learned positions cover that many)."""
+        return self.hparams.max_video_len
+
+    @property
     def text_dim(self) -> int:
         """Width of precomputed text features (0 in token mode, where the model embeds the ids)."""
         if self.hparams.text == "tokens":
             return 0
         if self.hparams.text == "clip":
             return clip_text_width(self.hparams.clip_model)
-        folder = self.base / self.hparams.text_features
+        folder = self.base / self.text_features
         first = next(iter(sorted(folder.glob("*.pt"))), None)
         if first is None:
             raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
         return int(load_feature_file(first, "text feature").shape[1])
+
+    def predict_ground_truth(self) -> Path | None:
+        """The annotation file of ``predict_split`` if it has answers (for scoring a prediction run)."""
+        path = self.base / "annotations" / SPLIT_FILES[self.hparams.predict_split]
+        return path if self.hparams.predict_split != "test" and path.exists() else None
 
     def dataset(self, split: str) -> Ego4DNLQDataset:
         """The dataset of one annotation split (built once)."""
@@ -150,7 +160,7 @@ class Ego4DNLQDataModule(LightningDataModule):
                 drop_empty_query=train and self.hparams.drop_empty_query_train,
             )
             rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
-            text_dir = self.base / self.hparams.text_features if self.hparams.text_features else None
+            text_dir = self.base / self.text_features if self.text_features else None
             transform = self.train_transform() if train else None
             self.datasets[split] = Ego4DNLQDataset(
                 ann,
@@ -188,7 +198,7 @@ class Ego4DNLQDataModule(LightningDataModule):
             return
         files = [self.base / "annotations" / f for f in SPLIT_FILES.values()]
         queries = [q for f in files if f.exists() for q in load_nlq_annotations(f).queries]
-        out = self.base / h.text_features
+        out = self.base / self.text_features
         complete = all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
         if complete and cache_matches(out, h.clip_model, h.clip_checkpoint):
             return  # made by these weights: no need to build the tower

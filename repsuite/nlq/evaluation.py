@@ -253,6 +253,50 @@ def format_table(result: NLQEvalResult) -> str:
     return "\n".join([sep, row(headers), sep, row(values), sep])
 
 
+def _entries(predictions: Mapping[str, Any] | Iterable[Mapping[str, Any]], source: str) -> list:
+    """The result entries of a submission object (validated) or of a bare list (each entry checked)."""
+    if isinstance(predictions, Mapping):
+        return validate_submission(predictions, source=source)
+    entries = list(predictions)
+    for i, entry in enumerate(entries):
+        _check_entry(i, entry, source)
+    return entries
+
+
+@dataclass
+class _Scores:
+    """Per-entry IoUs and hits as the entries are scored, before any missing queries are added."""
+
+    hits: dict[tuple[float, int], list[bool]]
+    first_iou: list[float] = field(default_factory=list)
+    per_entry: list[list[float]] = field(default_factory=list)
+    seen: set[QueryKey] = field(default_factory=set)
+    duplicates: int = 0
+
+    def add(self, ious: list[float]) -> None:
+        """Score one entry: IoU of its first window, hit at (t, K) iff any of its first K IoUs is > t."""
+        self.per_entry.append(ious)
+        self.first_iou.append(ious[0])
+        for t, k in self.hits:
+            self.hits[(t, k)].append(any(v > t for v in ious[:k]))  # NaN > t is False, as in numpy
+
+    def add_misses(self, n: int) -> None:
+        """Strict mode: ``n`` ground-truth queries without prediction, each a miss with IoU 0."""
+        for lst in self.hits.values():
+            lst.extend([False] * n)
+        self.first_iou.extend([0.0] * n)
+
+
+def _warn_duplicates(duplicates: int, strict: bool, source: str) -> None:
+    """Repeated entries: strict mode scores the first, the official scorer counts each (warned, not fatal)."""
+    if duplicates and strict:
+        message = f"{source}: {duplicates} duplicate entries ignored (strict mode scores the first)"
+        warnings.warn(message, stacklevel=3)
+    elif duplicates:
+        message = f"{source}: {duplicates} duplicate entries, each counted (official behaviour)"
+        warnings.warn(message, stacklevel=3)
+
+
 def evaluate_nlq(
     predictions: Mapping[str, Any] | Iterable[Mapping[str, Any]],
     ground_truth: Mapping[str, Any],
@@ -273,60 +317,33 @@ def evaluate_nlq(
         strict: denominator = every ground-truth query; missing = miss; duplicates scored once.
         source: name used in error messages (the file path).
     """
-    if isinstance(predictions, Mapping):
-        entries = validate_submission(predictions, source=source)
-    else:
-        entries = list(predictions)
-        for i, entry in enumerate(entries):
-            _check_entry(i, entry, source)
+    entries = _entries(predictions, source)
     index = ground_truth_index(ground_truth)
     num_gt = sum(len(q) for q in index.values())
     thresholds, top_k = tuple(float(t) for t in thresholds), tuple(int(k) for k in top_k)
-
-    hits: dict[tuple[float, int], list[bool]] = {(t, k): [] for t in thresholds for k in top_k}
-    first_iou: list[float] = []
-    per_entry: list[list[float]] = []
-    seen: set[QueryKey] = set()
-    duplicates = 0
+    scores = _Scores({(t, k): [] for t in thresholds for k in top_k})
     for i, entry in enumerate(entries):
         gt_query = _lookup(index, entry, i, source)
         key = (entry["clip_uid"], entry["annotation_uid"], entry["query_idx"])
-        if key in seen:
-            duplicates += 1
+        if key in scores.seen:
+            scores.duplicates += 1
             if strict:
                 continue
-        seen.add(key)
+        scores.seen.add(key)
         gt = (gt_query["clip_start_sec"], gt_query["clip_end_sec"])
-        ious = [temporal_iou(w, gt) for w in entry["predicted_times"]]
-        per_entry.append(ious)
-        first_iou.append(ious[0])
-        for t in thresholds:
-            for k in top_k:
-                hits[(t, k)].append(any(v > t for v in ious[:k]))  # NaN > t is False, as in numpy
-
+        scores.add([temporal_iou(w, gt) for w in entry["predicted_times"]])
     missing = 0
     if strict:
-        all_keys = {(c, a, q) for (c, a), queries in index.items() for q in range(len(queries))}
-        missing = len(all_keys - seen)
-        for lst in hits.values():
-            lst.extend([False] * missing)
-        first_iou.extend([0.0] * missing)
-        if duplicates:
-            warnings.warn(
-                f"{source}: {duplicates} duplicate entries ignored (strict mode scores the first)",
-                stacklevel=2,
-            )
-    elif duplicates:
-        warnings.warn(
-            f"{source}: {duplicates} duplicate entries, each counted (official behaviour)", stacklevel=2
-        )
-
-    n = len(first_iou)
-    recall = {key: (sum(v) / n if n else math.nan) for key, v in hits.items()}
-    mean_iou = sum(first_iou) / n if n else math.nan
+        missing = len({(c, a, q) for (c, a), qs in index.items() for q in range(len(qs))} - scores.seen)
+        scores.add_misses(missing)
+    _warn_duplicates(scores.duplicates, strict, source)
+    n = len(scores.first_iou)
+    recall = {key: (sum(v) / n if n else math.nan) for key, v in scores.hits.items()}
+    mean_iou = sum(scores.first_iou) / n if n else math.nan
     return NLQEvalResult(
-        thresholds, top_k, recall, mean_iou, len(per_entry), num_gt, strict, missing, duplicates, per_entry
-    )
+        thresholds, top_k, recall, mean_iou, len(scores.per_entry), num_gt, strict, missing,
+        scores.duplicates, scores.per_entry,
+    )  # fmt: skip
 
 
 def random_window_baseline(

@@ -18,7 +18,7 @@ T = 3, input projections LayerNorm → Dropout → Linear (ReLU) ×2, sine posit
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -91,7 +91,6 @@ class NLQOutput:
     segment_len: int
     video_proj: Tensor
     text_proj: Tensor
-    extras: dict = field(default_factory=dict)
 
 
 def sine_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
@@ -171,7 +170,7 @@ class CoAttentionLayer(nn.Module):
 class SelfAttentionLayer(nn.Module):
     """The variant: self-attention over the concatenated [video; text] sequence, then an FFN."""
 
-    def __init__(self, cfg: NLQModelConfig, update_text: bool = True) -> None:
+    def __init__(self, cfg: NLQModelConfig) -> None:
         super().__init__()
         self.attn = AttentionBlock(cfg.hidden, cfg.num_heads, cfg.dropout)
         self.ffn = FeedForward(cfg.hidden, cfg.ffn, cfg.dropout)
@@ -304,10 +303,12 @@ class NLQModel(nn.Module):
         else:
             self.text_proj = None
             self.text_encoder = TokenTextEncoder(cfg)
-        layer = CoAttentionLayer if cfg.attention == "cross" else SelfAttentionLayer
-        self.layers = nn.ModuleList(
-            layer(cfg, update_text=i < cfg.num_layers - 1) for i in range(cfg.num_layers)
-        )
+        if cfg.attention == "cross":  # the last layer feeds only video to the heads: no text branch
+            last = cfg.num_layers - 1
+            layers = [CoAttentionLayer(cfg, update_text=i < last) for i in range(cfg.num_layers)]
+        else:  # text and video share one sequence, so every layer updates both
+            layers = [SelfAttentionLayer(cfg) for _ in range(cfg.num_layers)]
+        self.layers = nn.ModuleList(layers)
         self.npm = NilPredictionModule(cfg.hidden)
         self.span = ConditionedSpanPredictor(cfg)
         self.highlight = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU(), nn.Linear(cfg.hidden, 1))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, fields
 from typing import Any, Literal
 
 import torch
@@ -16,6 +17,9 @@ from repsuite.nlq.model import NLQModel, NLQModelConfig, NLQOutput
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["NLQModule"]
+
+#: Checkpoint entry with the network's :class:`NLQModelConfig` (as a dict), widths included.
+MODEL_CONFIG_KEY = "nlq_model_config"
 
 
 class NLQModule(ExactResumeMixin, LightningModule):
@@ -90,29 +94,38 @@ class NLQModule(ExactResumeMixin, LightningModule):
         self.val_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)
         self.test_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)
         if video_dim is not None and text_dim is not None:
-            self._build()
+            self._build(video_dim, text_dim)
 
-    def _build(self) -> None:
-        h = self.hparams
-        cfg = NLQModelConfig(
-            video_dim=h.video_dim, text_dim=h.text_dim, hidden=h.hidden, num_heads=h.num_heads, ffn=h.ffn,
-            num_layers=h.num_layers, dropout=h.dropout, input_dropout=h.input_dropout, attention=h.attention,
-            text_encoder_layers=h.text_encoder_layers, span_layers=h.span_layers,
-            contrast_dim=h.contrast_dim, max_video_len=h.max_video_len, npm_normalize=h.npm_normalize,
-        )  # fmt: skip
-        self.model = NLQModel(cfg)
+    def _build(self, video_dim: int, text_dim: int) -> None:
+        """Build the network from the constructor's arguments that are :class:`NLQModelConfig` fields."""
+        sizes = {f.name: self.hparams[f.name] for f in fields(NLQModelConfig) if f.name in self.hparams}
+        self.model = NLQModel(NLQModelConfig(**sizes | {"video_dim": video_dim, "text_dim": text_dim}))
 
     def setup(self, stage: str) -> None:
-        """Take missing feature widths from the DataModule (saved into the hyper-parameters) and build."""
+        """Build the network, taking feature widths not given to the constructor from the DataModule."""
         if self.model is not None:
             return
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        dims = {}
         for name in ("video_dim", "text_dim"):
-            if self.hparams[name] is None:
+            dims[name] = self.hparams[name]
+            if dims[name] is None:
                 if dm is None or not hasattr(dm, name):
                     raise ValueError(f"NLQModule: `{name}` is not set and the DataModule does not provide it")
-                self.hparams[name] = int(getattr(dm, name))
-        self._build()
+                dims[name] = int(getattr(dm, name))
+        self._build(**dims)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the network's config: widths read at setup are not among the hyper-parameters."""
+        super().on_save_checkpoint(checkpoint)
+        if self.model is not None:
+            checkpoint[MODEL_CONFIG_KEY] = asdict(self.model.cfg)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the network from the saved config when the hyper-parameters lack the widths."""
+        super().on_load_checkpoint(checkpoint)
+        if self.model is None and MODEL_CONFIG_KEY in checkpoint:
+            self.model = NLQModel(NLQModelConfig(**checkpoint[MODEL_CONFIG_KEY]))
 
     # ----------------------------------------------------------------------------------------- steps
     def _forward(self, batch: dict[str, Any], k: int) -> NLQOutput:

@@ -148,10 +148,7 @@ def test_datamodule_clip_text_caches_and_feeds_the_model(tmp_path):
         clip_checkpoint=str(ckpt),
         batch_size=2,
     )
-    assert (
-        dm.text_dim == 24
-        and dm.hparams.text_features == default_cache_name(str(config)) == "clip_text_tiny_clip"
-    )
+    assert dm.text_dim == 24 and dm.text_features == default_cache_name(str(config)) == "clip_text_tiny_clip"
     dm.prepare_data()
     cache = root / "v2/clip_text_tiny_clip"
     n_files = len(list(cache.glob("*_*.pt")))

@@ -145,6 +145,7 @@ def test_cli_links_feature_widths_into_the_model(in_tmp):
     )
     assert isinstance(cli.model, NLQModule)
     assert cli.model.hparams.video_dim == 26 and cli.model.hparams.text_dim == 0
+    assert cli.model.hparams.max_video_len == 600 == cli.datamodule.max_video_len  # linked, typed once
     assert cli.model.model is not None  # built at construction: the widths came from the files
 
 

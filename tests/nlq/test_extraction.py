@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from repsuite.cli import main
+from repsuite.nlq.extract.frame_encoder import FrameEncoder
+from repsuite.nlq.extract.video import decode_rows, frames_30fps, probe_video, row_frame_indices
 from repsuite.nlq.features import official_num_rows
-from repsuite.nlq.frame_encoder import FrameEncoder
-from repsuite.nlq.video import decode_rows, frames_30fps, probe_video, row_frame_indices
 from tests.conftest import PYTHON, subprocess_env
 from tests.helpers.videos import write_video
 from tests.nlq.test_clip_text import _checkpoint, _config

@@ -89,3 +89,25 @@ def test_resume_matches_an_uninterrupted_run(in_tmp):
         torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
     for key in ("val/R@1_IoU0.3", "val/mIoU", "val/loss"):
         assert full.trainer.callback_metrics[key] == resumed.trainer.callback_metrics[key], key
+
+
+def test_widths_read_at_setup_travel_in_the_checkpoint_not_the_hyperparameters(in_tmp):
+    """Python use without the CLI: the DataModule gives the widths at setup; reloading needs no DataModule."""
+    from lightning.pytorch import Trainer
+
+    from repsuite.nlq import Ego4DNLQDataModule
+
+    dm = Ego4DNLQDataModule(DATA, features=["slowfast8x8_r101_k400", "clip_vitb16"], batch_size=4)
+    sizes = dict(hidden=32, num_heads=4, ffn=64, num_layers=1, span_layers=1, text_encoder_layers=1)
+    module = NLQModule(**sizes, max_video_len=dm.max_video_len)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, datamodule=dm)
+    assert module.hparams.video_dim is None and module.model.cfg.video_dim == 24
+    trainer.save_checkpoint(in_tmp / "m.ckpt")
+    reloaded = NLQModule.load_from_checkpoint(in_tmp / "m.ckpt", weights_only=True)
+    assert reloaded.model.cfg == module.model.cfg
+    for k, v in module.state_dict().items():
+        torch.testing.assert_close(reloaded.state_dict()[k], v, rtol=0, atol=0, msg=k)

@@ -81,9 +81,20 @@ def test_submit_test_split_with_root_override(checkpoint, tmp_path, capsys):
     assert len(sub["results"]) == 2
 
 
+def test_predict_with_submission_writer_equals_submit(checkpoint, tmp_path, in_tmp):
+    """`repsuite predict` with the writer callback is the documented route; `nlq submit` only wraps it."""
+    via_submit, via_predict = tmp_path / "submit.json", tmp_path / "predict.json"
+    assert main(["nlq", "submit", str(checkpoint), "--split", "val", "-o", str(via_submit)]) == 0
+    args = ["predict", "--config", DEMO, f"--data.root={DATA}", "--data.predict_split=val"]
+    args += [f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.callbacks+=SubmissionWriter", f"--trainer.callbacks.output={via_predict}"]
+    run_cli(args)
+    assert via_predict.read_bytes() == via_submit.read_bytes()
+
+
 def test_submit_rejects_unknown_data_option(checkpoint, tmp_path, capsys):
     code = main(["nlq", "submit", str(checkpoint), "-o", str(tmp_path / "x.json"), "--data.rooot=/x"])
-    assert code == 1 and "unknown data option(s) ['rooot']" in capsys.readouterr().err
+    assert code == 1 and "Option 'rooot' is not accepted" in capsys.readouterr().err
 
 
 def _sub(entries):

@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from repsuite.nlq.features import official_num_rows
-from repsuite.nlq.video import (
+from repsuite.nlq.extract.video import (
     VideoError,
     decode_rows,
     frames_30fps,
     probe_video,
     row_frame_indices,
 )
+from repsuite.nlq.features import official_num_rows
 from tests.helpers.videos import frame_image, read_index, write_video
 
 

@@ -6,8 +6,8 @@ Pieces (each usable alone):
   file needs (a missing one is a failure with its clips named, not a crash);
 * :class:`VideoRowsDataset` — an ``IterableDataset`` that gives each (rank, worker) a fixed share of the
   candidates (by position in the sorted list, so the share never depends on what is already done), skips
-  finished videos, probes and decodes the frames the sampling rule names (:mod:`repsuite.nlq.video`), and
-  yields chunks of uint8 frames, or a failure record;
+  finished videos, probes and decodes the frames the sampling rule names
+  (:mod:`repsuite.nlq.extract.video`), and yields chunks of uint8 frames, or a failure record;
 * :class:`FrameFeatureExtractor` — the LightningModule: preprocess and encode a chunk on the accelerator;
 * :class:`FeatureWriter` — a ``BasePredictionWriter`` that assembles each video's rows and writes the file
   atomically (temporary name + rename) when the last row arrives, then merges every rank's records into
@@ -33,9 +33,9 @@ from lightning.pytorch.callbacks import BasePredictionWriter
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from repsuite.nlq.extract.frame_encoder import FrameEncoder
+from repsuite.nlq.extract.video import VideoError, decode_rows, frames_30fps, probe_video, row_frame_indices
 from repsuite.nlq.features import official_num_rows
-from repsuite.nlq.frame_encoder import FrameEncoder
-from repsuite.nlq.video import VideoError, decode_rows, frames_30fps, probe_video, row_frame_indices
 
 __all__ = [
     "VIDEO_EXTENSIONS",

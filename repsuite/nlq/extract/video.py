@@ -29,6 +29,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -161,6 +162,64 @@ def _resized_size(width: int, height: int, short_side: int | None) -> tuple[int,
     return max(short_side, round(width * scale)), max(short_side, round(height * scale))
 
 
+class _RowBuffer:
+    """Decoded rows waiting to be yielded in row order, in chunks; instants are filled in time order.
+
+    Args:
+        times: the instant (seconds) of every row.
+        chunk: rows per yielded chunk (the last may be shorter).
+    """
+
+    def __init__(self, times: list[float], chunk: int) -> None:
+        self.times, self.chunk = times, chunk
+        self.order = sorted(range(len(times)), key=lambda r: times[r])  # rows by instant
+        self.pos = 0  # position in `order` of the next instant to fill
+        self.ready: dict[int, Tensor] = {}  # decoded rows not yet yielded
+        self.next_row = 0  # first row not yet yielded
+
+    @property
+    def done(self) -> bool:
+        """Every instant has its frame."""
+        return self.pos == len(self.order)
+
+    @property
+    def next_time(self) -> float:
+        """The earliest instant still to fill."""
+        return self.times[self.order[self.pos]]
+
+    def fill_next(self, picked: Tensor) -> None:
+        """Give ``picked`` to the next instant and every row that shares it."""
+        t = self.next_time
+        while not self.done and self.next_time == t:
+            self.ready[self.order[self.pos]] = picked
+            self.pos += 1
+
+    def flush(self, final: bool = False) -> Iterator[tuple[int, Tensor]]:
+        """Yield full chunks of consecutive rows from ``next_row`` (``final``: the rest too)."""
+        while self.next_row in self.ready and (len(self.ready) >= self.chunk or final):
+            n = 0
+            while self.next_row + n in self.ready and n < self.chunk:
+                n += 1
+            if n < self.chunk and not final:
+                return
+            yield self.next_row, torch.stack([self.ready.pop(self.next_row + i) for i in range(n)])
+            self.next_row += n
+
+
+def _fill_tail(rows: _RowBuffer, info: VideoInfo, last: Any, width: int, height: int) -> None:
+    """Fill instants after the last decoded frame (on screen for one more frame step; later: truncated)."""
+    frame_step = 1.0 / info.fps if info.fps else 0.1
+    last_time = last.time if last is not None else None
+    while not rows.done:
+        if last is None or rows.next_time > last_time + frame_step + 1e-3:
+            end = info.start_time + info.duration
+            raise VideoError(
+                f"{info.path}: truncated or corrupt: frames end at {(last_time or 0.0):.3f} s but "
+                f"the file claims {end:.3f} s"
+            )
+        rows.fill_next(_to_tensor(last, width, height))
+
+
 def decode_rows(
     info: VideoInfo, frame_indices: list[int], short_side: int | None = None, chunk: int = 64
 ) -> Iterator[tuple[int, Tensor]]:
@@ -181,25 +240,8 @@ def decode_rows(
         VideoError: decoding fails, or the stream ends before the last requested instant (truncated file).
     """
     av = _require_av()
-    times = [info.start_time + f / FEATURE_FPS for f in frame_indices]
-    order = sorted(range(len(times)), key=lambda r: times[r])  # rows by instant
+    rows = _RowBuffer([info.start_time + f / FEATURE_FPS for f in frame_indices], chunk)
     width, height = _resized_size(info.width, info.height, short_side)
-    eps = 1e-6
-    ready: dict[int, Tensor] = {}  # decoded rows not yet yielded
-    next_row = 0  # first row not yet yielded
-    pos = 0  # position in `order` of the next instant to fill
-
-    def flush(final: bool = False) -> Iterator[tuple[int, Tensor]]:
-        nonlocal next_row
-        while next_row in ready and (len(ready) >= chunk or final):
-            n = 0
-            while next_row + n in ready and n < chunk:
-                n += 1
-            if n < chunk and not final:
-                return
-            yield next_row, torch.stack([ready.pop(next_row + i) for i in range(n)])
-            next_row += n
-
     last = None  # the most recently decoded frame (on screen until the next one)
     try:
         with av.open(info.path) as container:
@@ -208,32 +250,18 @@ def decode_rows(
             for frame in container.decode(stream):
                 if frame.time is None:
                     continue
-                while pos < len(order) and frame.time > times[order[pos]] + eps:
-                    picked = _to_tensor(last if last is not None else frame, width, height)
-                    t = times[order[pos]]
-                    while pos < len(order) and times[order[pos]] == t:  # rows sharing an instant
-                        ready[order[pos]] = picked
-                        pos += 1
-                yield from flush()
+                while not rows.done and frame.time > rows.next_time + 1e-6:  # instants before this frame
+                    rows.fill_next(_to_tensor(last if last is not None else frame, width, height))
+                yield from rows.flush()
                 last = frame
-                if pos == len(order):
+                if rows.done:
                     break
-            frame_step = 1.0 / info.fps if info.fps else 0.1
-            last_time = last.time if last is not None else None
-            while pos < len(order):  # instants after the last decoded frame: it stays on screen
-                if last is None or times[order[pos]] > last_time + frame_step + 1e-3:
-                    end = info.start_time + info.duration
-                    raise VideoError(
-                        f"{info.path}: truncated or corrupt: frames end at {(last_time or 0.0):.3f} s but "
-                        f"the file claims {end:.3f} s"
-                    )
-                ready[order[pos]] = _to_tensor(last, width, height)
-                pos += 1
+            _fill_tail(rows, info, last, width, height)
     except VideoError:
         raise
     except Exception as err:
-        raise VideoError(f"{info.path}: decoding failed near row {next_row} ({err})") from err
-    yield from flush(final=True)
+        raise VideoError(f"{info.path}: decoding failed near row {rows.next_row} ({err})") from err
+    yield from rows.flush(final=True)
 
 
 def _to_tensor(frame, width: int, height: int) -> Tensor:
