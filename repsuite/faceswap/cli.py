@@ -42,12 +42,12 @@ def _save_png(img, path: Path, provenance: dict[str, str]) -> None:
     """(3, H, W) in [-1, 1] → PNG with provenance text chunks."""
     from PIL import Image, PngImagePlugin
 
-    import repsuite
+    from repsuite._version import __version__
 
     _require_png(path)
     arr = ((img.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     info = PngImagePlugin.PngInfo()
-    for k, v in {"repsuite": repsuite.__version__, "synthetic": "true", **provenance}.items():
+    for k, v in {"repsuite": __version__, "synthetic": "true", **provenance}.items():
         info.add_text(k, str(v))
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(arr).save(path, pnginfo=info)
@@ -274,9 +274,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sy.add_argument("root", metavar="ROOT")
     sy.add_argument("--resolution", type=int, default=64)
-    sy.add_argument("--identities", type=int, default=24)
-    sy.add_argument("--images-per-identity", type=int, default=6)
-    sy.add_argument("--ffhq-images", type=int, default=96)
+    sy.add_argument("--identities", type=int, default=200)
+    sy.add_argument("--images-per-identity", type=int, default=4)
+    sy.add_argument("--ffhq-images", type=int, default=200)
     sy.add_argument("--eval-identities", type=int, default=20)
     sy.add_argument("--eval-pairs", type=int, default=100)
     sy.add_argument(

@@ -216,9 +216,9 @@ class SyntheticFacesSpec:
     """Sizes of a synthetic face set (defaults: a CPU demo at 64 px)."""
 
     resolution: int = 64
-    identities: int = 24
-    images_per_identity: int = 6
-    ffhq_images: int = 96
+    identities: int = 200  # a swapper trained on few identities learns them, not identity transfer
+    images_per_identity: int = 4
+    ffhq_images: int = 200
     eval_identities: int = 20
     eval_pairs: int = 100
     singleton_identities: int = 1  # identity folders with a single image (cannot form a same-identity pair)
