@@ -15,6 +15,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 __all__ = ["build_parser", "main"]
 
@@ -268,7 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``repsuite faceswap`` argument parser."""
     parser = argparse.ArgumentParser(prog="repsuite faceswap", description="Face-swap tools.")
     sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
+    for add in (_add_synth, _add_swap, _add_align, _add_eval):
+        add(sub)
+    return parser
 
+
+def _add_synth(sub: Any) -> None:  # the subparsers action
     sy = sub.add_parser(
         "synth", help="write synthetic faces (VGGFace2-HQ and FFHQ layouts, evaluation pairs)"
     )
@@ -286,6 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
 
+
+def _add_swap(sub: Any) -> None:  # the subparsers action
     sw = sub.add_parser(
         "swap",
         help="swap aligned faces (one pair, or two folders by file name), or a photo with --target-landmarks",
@@ -302,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--trust-checkpoint", action="store_true", help="allow pickled checkpoints (runs code)")
     sw.set_defaults(func=_swap)
 
+
+def _add_align(sub: Any) -> None:  # the subparsers action
     al = sub.add_parser("align", help="photo + 5 landmarks -> aligned face crop (FFHQ template)")
     al.add_argument("photo")
     al.add_argument("--landmarks", required=True, help="'x,y x,y x,y x,y x,y': eyes, nose, mouth corners")
@@ -310,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     al.add_argument("--matrix", help="also write the photo→crop transform as JSON")
     al.set_defaults(func=_align)
 
+
+def _add_eval(sub: Any) -> None:  # the subparsers action
     ev = sub.add_parser(
         "eval", help="ID retrieval / cosine, PSNR vs ground truth, pose, shape, FID over pairs"
     )
@@ -332,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--grid", help="also write a sources x targets swap grid (PNG)")
     ev.add_argument("--trust-checkpoint", action="store_true")
     ev.set_defaults(func=_eval)
-    return parser
 
 
 def main(argv: list[str]) -> int:

@@ -41,7 +41,38 @@ def _collate(items: list[dict]) -> dict[str, Any]:
     return out
 
 
-class FaceSwapDataModule(LightningDataModule):
+class _FaceDataModule(LightningDataModule):
+    """What the face DataModules share: a cheap ``__str__`` and loaders over ``train_set`` / ``val_set``."""
+
+    train_set: Dataset | None = None
+    val_set: Dataset | None = None
+
+    def __str__(self) -> str:
+        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
+        # arguments, which would parse (and skip) data before prepare_data has run
+        return f"{type(self).__name__}({dict(self.hparams)})"
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training samples (a last partial batch is dropped when there is more than one batch)."""
+        h = self.hparams
+        return DataLoader(
+            self.train_set, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
+            collate_fn=_collate, drop_last=len(self.train_set) > h.batch_size,
+            persistent_workers=h.num_workers > 0,
+        )  # fmt: skip
+
+    def _eval_loader(self) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        """The validation samples, in order."""
+        return self._eval_loader()
+
+
+class FaceSwapDataModule(_FaceDataModule):
     """Training pairs from VGGFace2-HQ and/or FFHQ folders, validation pairs from a pair folder or held out.
 
     Args:
@@ -84,11 +115,6 @@ class FaceSwapDataModule(LightningDataModule):
         self.skipped: Counter = Counter()
         self._augment = None
 
-    def __str__(self) -> str:
-        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
-        # arguments, which would parse (and skip) data before prepare_data has run
-        return f"{type(self).__name__}({dict(self.hparams)})"
-
     def _images(self) -> tuple[list[FaceImage], list[FaceImage]]:
         """(training images, held-out VGGFace2 images for validation pairs)."""
         h = self.hparams
@@ -129,25 +155,6 @@ class FaceSwapDataModule(LightningDataModule):
             self.val_set = PairFolderDataset(h.val_pairs_root, h.resolution)
         else:
             self.val_set = HeldOutPairs(held or train, h.resolution, h.val_pairs)
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled pairs."""
-        h = self.hparams
-        return DataLoader(
-            self.train_set, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
-            collate_fn=_collate, drop_last=len(self.train_set) >= h.batch_size,
-            persistent_workers=h.num_workers > 0,
-        )  # fmt: skip
-
-    def _eval_loader(self) -> DataLoader:
-        h = self.hparams
-        return DataLoader(
-            self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate
-        )
-
-    def val_dataloader(self) -> DataLoader:
-        """Fixed validation pairs."""
-        return self._eval_loader()
 
     def test_dataloader(self) -> DataLoader:
         """Same pairs as validation."""
@@ -219,7 +226,7 @@ class IdentityFaces(Dataset):
         return {"image": read_face(face.path, self.resolution)[0], "label": self.labels[face.identity]}
 
 
-class FaceIdentityDataModule(LightningDataModule):
+class FaceIdentityDataModule(_FaceDataModule):
     """Identity folders for training an ArcFace encoder (for users without official weights).
 
     Every identity with at least two images contributes one image to validation (closed-set accuracy);
@@ -256,11 +263,6 @@ class FaceIdentityDataModule(LightningDataModule):
         # so the CLI can link it to the model's margin head
         self.num_classes = sum(1 for p in root.iterdir() if p.is_dir())
 
-    def __str__(self) -> str:
-        # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
-        # arguments, which would parse (and skip) data before prepare_data has run
-        return f"{type(self).__name__}({dict(self.hparams)})"
-
     def setup(self, stage: str) -> None:
         """Per identity: the first image validates (when there are two or more), the rest train."""
         if self.train_set is not None:
@@ -289,21 +291,8 @@ class FaceIdentityDataModule(LightningDataModule):
         self.train_set = IdentityFaces(train, h.resolution, labels)
         self.val_set = IdentityFaces(val, h.resolution, labels)
 
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled faces."""
-        h = self.hparams
-        return DataLoader(self.train_set, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
-                          collate_fn=_collate, drop_last=len(self.train_set) > h.batch_size)  # fmt: skip
 
-    def val_dataloader(self) -> DataLoader:
-        """One held-out face per identity."""
-        h = self.hparams
-        return DataLoader(
-            self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate
-        )
-
-
-class FaceJudgeDataModule(LightningDataModule):
+class FaceJudgeDataModule(_FaceDataModule):
     """Faces with known rendering parameters (synthetic ``ROOT/judge/``) for an independent judge.
 
     The last ``val_fraction`` of the sorted images validate. ``identity_dim`` / ``attribute_dim`` are read
@@ -335,9 +324,6 @@ class FaceJudgeDataModule(LightningDataModule):
         self.train_set: JudgeFaceDataset | None = None
         self.val_set: JudgeFaceDataset | None = None
 
-    def __str__(self) -> str:
-        return f"{type(self).__name__}({dict(self.hparams)})"  # cheap: see FaceIdentityDataModule.__str__
-
     def setup(self, stage: str) -> None:
         """Split the sorted image list into train / val."""
         if self.train_set is not None:
@@ -354,16 +340,3 @@ class FaceJudgeDataModule(LightningDataModule):
         ident = torch.tensor([entries[n]["identity"] for n in self.train_set.names], dtype=torch.float32)
         attrs = torch.tensor([entries[n]["attributes"] for n in self.train_set.names], dtype=torch.float32)
         return ident, attrs
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled faces."""
-        h = self.hparams
-        return DataLoader(self.train_set, batch_size=h.batch_size, shuffle=True, num_workers=h.num_workers,
-                          collate_fn=_collate, drop_last=len(self.train_set) > h.batch_size)  # fmt: skip
-
-    def val_dataloader(self) -> DataLoader:
-        """Held-out faces."""
-        h = self.hparams
-        return DataLoader(
-            self.val_set, batch_size=h.eval_batch_size, num_workers=h.num_workers, collate_fn=_collate
-        )

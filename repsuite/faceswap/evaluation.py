@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from repsuite.faceswap.data import PairFolderDataset
 from repsuite.faceswap.judging import JudgeScores, SwapJudge, open_judge
@@ -60,58 +60,71 @@ def evaluate_swaps(
         ``judge_expression_error`` and the same keys for ``judge_ground_truth_*``, ``judge_copy_target_*``,
         ``judge_copy_source_*``.
     """
-    embedder = embedder if embedder is not None else module.embedder
     module = module.eval()
-    retrieval, cosine, gt_retrieval = IDRetrieval(embedder), IDCosine(embedder), IDRetrieval(embedder)
-    pose = PoseError(pose_estimator) if pose_estimator is not None else None
-    shape = ShapeError(shape_estimator) if shape_estimator is not None else None
+    scores = _SwapScores(embedder if embedder is not None else module.embedder, pose_estimator,
+                         shape_estimator, fid)  # fmt: skip
     judged = JudgeScores(judge) if judge is not None else None
-    fid_metric = _fid(embedder) if fid else None
-    sums = {"swap": 0.0, "copy_target": 0.0, "copy_source": 0.0}
-    with_gt = 0
     for batch in torch.utils.data.DataLoader(pairs, batch_size=batch_size):
         swaps = module.swap(batch["source"], batch["target"])
-        retrieval.update(swaps, batch["source"], batch["source_identity"])
-        cosine.update(swaps, batch["source"])
-        if pose is not None:
-            pose.update(swaps, batch["target"])
-        if shape is not None:
-            shape.update(swaps, batch["source"])
-        if fid_metric is not None:
-            fid_metric.update((batch["target"] + 1) / 2, real=True)
-            fid_metric.update((swaps + 1) / 2, real=False)
-        images = {"swap": swaps, "copy_target": batch["target"], "copy_source": batch["source"]}
-        if "ground_truth" in batch:
-            gt, n = batch["ground_truth"], swaps.shape[0]
-            gt_retrieval.update(gt, batch["source"], batch["source_identity"])
-            for key in sums:
-                sums[key] += psnr(images[key], gt).item() * n
-            with_gt += n
-            images["ground_truth"] = gt
+        images = scores.update(swaps, batch)
         if judged is not None:
             judged.update(images, batch)
     identities = {str(pairs.labels.get(n, {}).get("source_identity", n)) for n in pairs.names}
-    results: dict[str, Any] = {
-        "pairs": len(pairs),
-        "id_retrieval": retrieval.compute().item(),
-        "chance_id_retrieval": 100.0 / len(identities),  # top-1 among the distinct source identities
-        "id_cosine": cosine.compute().item(),
-    }
-    if pose is not None:
-        results["pose_error"] = pose.compute().item()
-    if shape is not None:
-        results["shape_error"] = shape.compute().item()
-    if fid_metric is not None:
-        results["fid"] = fid_metric.compute().item()
-    if with_gt:
-        results |= {f"psnr_{k}": v / with_gt for k, v in sums.items()}
-        results["id_retrieval_ground_truth"] = gt_retrieval.compute().item()
+    results: dict[str, Any] = {"pairs": len(pairs), "chance_id_retrieval": 100.0 / len(identities)}
+    results |= scores.results()
     if judged is not None:
         gallery = {
             int(lab[k]) for lab in pairs.labels.values() for k in ("source_identity", "target_identity")
         }
         results |= {"judge": judge.name, "judge_chance": 100.0 / max(1, len(gallery))} | judged.results()
     return results
+
+
+class _SwapScores:
+    """The training-encoder ID metrics, optional pose / shape / FID, and PSNR against ground-truth swaps."""
+
+    def __init__(
+        self, embedder: nn.Module, pose: nn.Module | None, shape: nn.Module | None, fid: bool
+    ) -> None:
+        self.retrieval, self.cosine = IDRetrieval(embedder), IDCosine(embedder)
+        self.gt_retrieval = IDRetrieval(embedder)
+        self.pose = PoseError(pose) if pose is not None else None
+        self.shape = ShapeError(shape) if shape is not None else None
+        self.fid = _fid(embedder) if fid else None
+        self.psnr_sums = {"swap": 0.0, "copy_target": 0.0, "copy_source": 0.0}
+        self.with_gt = 0
+
+    def update(self, swaps: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
+        """Score one batch; returns the images a judge should see (swap, copies, ground truth if any)."""
+        self.retrieval.update(swaps, batch["source"], batch["source_identity"])
+        self.cosine.update(swaps, batch["source"])
+        if self.pose is not None:
+            self.pose.update(swaps, batch["target"])
+        if self.shape is not None:
+            self.shape.update(swaps, batch["source"])
+        if self.fid is not None:
+            self.fid.update((batch["target"] + 1) / 2, real=True)
+            self.fid.update((swaps + 1) / 2, real=False)
+        images = {"swap": swaps, "copy_target": batch["target"], "copy_source": batch["source"]}
+        if "ground_truth" in batch:
+            gt, n = batch["ground_truth"], swaps.shape[0]
+            self.gt_retrieval.update(gt, batch["source"], batch["source_identity"])
+            for key in self.psnr_sums:
+                self.psnr_sums[key] += psnr(images[key], gt).item() * n
+            self.with_gt += n
+            images["ground_truth"] = gt
+        return images
+
+    def results(self) -> dict[str, float]:
+        """``id_retrieval``, ``id_cosine``, the optional figures and, with ground truth, ``psnr_*``."""
+        out = {"id_retrieval": self.retrieval.compute().item(), "id_cosine": self.cosine.compute().item()}
+        for key, metric in (("pose_error", self.pose), ("shape_error", self.shape), ("fid", self.fid)):
+            if metric is not None:
+                out[key] = metric.compute().item()
+        if self.with_gt:
+            out |= {f"psnr_{k}": v / self.with_gt for k, v in self.psnr_sums.items()}
+            out["id_retrieval_ground_truth"] = self.gt_retrieval.compute().item()
+        return out
 
 
 def _fid(embedder: nn.Module) -> Any:

@@ -114,7 +114,9 @@ class IDCosine(Metric):
         return (self.total / self.count.clamp(min=1)).float()
 
 
-class _PairDistance(Metric):
+class _MeanDistance(Metric):
+    """Mean of L2 distances read through an estimator (faces → (B, K)); subclasses say what is compared."""
+
     full_state_update = False
 
     def __init__(self, estimator: nn.Module, **kwargs) -> None:
@@ -123,16 +125,21 @@ class _PairDistance(Metric):
         self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
-    @torch.no_grad()
-    def update(self, swaps: Tensor, reference: Tensor) -> None:
-        """Swaps and the images they are compared with (B, 3, S, S)."""
-        d = (self.estimator(swaps).float() - self.estimator(reference).float()).norm(dim=-1)
+    def _add(self, a: Tensor, b: Tensor) -> None:
+        d = (a.float() - b.float()).norm(dim=-1)  # (B,)
         self.total += d.double().sum()
         self.count += d.numel()
 
     def compute(self) -> Tensor:
         """Mean L2 distance."""
         return (self.total / self.count.clamp(min=1)).float()
+
+
+class _PairDistance(_MeanDistance):
+    @torch.no_grad()
+    def update(self, swaps: Tensor, reference: Tensor) -> None:
+        """Swaps and the images they are compared with (B, 3, S, S)."""
+        self._add(self.estimator(swaps), self.estimator(reference))
 
 
 class PoseError(_PairDistance):
@@ -198,31 +205,17 @@ class JudgedIdentity(Metric):
         }
 
 
-class AttributeDistance(Metric):
+class AttributeDistance(_MeanDistance):
     """Mean L2 distance between the estimated attributes of swaps and reference attributes.
 
     Args:
         estimator: faces → (B, K) attributes (e.g. the judge's (yaw, pitch) or (mouth, smile)).
     """
 
-    full_state_update = False
-
-    def __init__(self, estimator: nn.Module, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.__dict__["estimator"] = estimator  # used, not owned
-        self.add_state("total", default=torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", default=torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-
     @torch.no_grad()
     def update(self, images: Tensor, reference: Tensor) -> None:
         """Images (B, 3, S, S) and their reference attributes (B, K) (the truth, or the target's estimate)."""
-        d = (self.estimator(images).float() - reference.float()).norm(dim=-1)
-        self.total += d.double().sum()
-        self.count += d.numel()
-
-    def compute(self) -> Tensor:
-        """Mean L2 distance."""
-        return (self.total / self.count.clamp(min=1)).float()
+        self._add(self.estimator(images), reference)
 
 
 class EmbeddingFeatures(nn.Module):

@@ -153,9 +153,22 @@ def render_face(identity: FaceIdentity, attrs: FaceAttributes, size: int) -> tup
     Returns:
         image (3, size, size) float in [0, 1] and its 5 landmarks (5, 2) in pixel coordinates.
     """
-    i, a = identity, attrs
     ys, xs = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    img = torch.tensor(a.background).view(3, 1, 1).expand(3, size, size).clone()
+    img = torch.tensor(attrs.background).view(3, 1, 1).expand(3, size, size).clone()
+    img, (fx, fy) = _draw_head(img, identity, attrs, xs, ys)
+    img, eyes, eye_y = _draw_eyes(img, identity, attrs, xs, ys, fx, fy)
+    img, nose = _draw_nose(img, identity, xs, ys, fx, eye_y)
+    img, mouth = _draw_mouth(img, attrs, xs, ys, fx, fy)
+    shade = 1 + 0.18 * attrs.light * (xs - 0.5) * 2  # lighting: a horizontal brightness gradient
+    img = (img * shade).clamp(0, 1)
+    lm = torch.tensor([*eyes, nose, *mouth]) * (size - 1)  # (5, 2) pixel coordinates
+    return img, lm
+
+
+def _draw_head(
+    img: Tensor, i: FaceIdentity, a: FaceAttributes, xs: Tensor, ys: Tensor
+) -> tuple[Tensor, tuple[float, float]]:
+    """Head and hair; returns the image and the centre (x, y) the inner features sit around."""
     dx, dy = 0.05 * a.yaw, 0.04 * a.pitch  # pose moves the whole head a little and the features more
     cx, cy = 0.5 + 0.5 * dx, 0.54 + 0.5 * dy
     fw, fh = 0.25 + 0.07 * i.face_width, 0.31 + 0.06 * i.face_height
@@ -165,10 +178,15 @@ def render_face(identity: FaceIdentity, attrs: FaceAttributes, size: int) -> tup
     head = _soft((((xs - cx) / (fw * narrow)) ** 2 + yrel**2).sqrt(), 0.03)
     hair_d = (((xs - cx) / (fw * 1.1)) ** 2 + ((ys - cy + 0.05) / (fh * 1.05)) ** 2).sqrt()
     hair = _soft(hair_d, 0.03) * torch.sigmoid((cy - fh * (0.35 + 0.35 * i.fringe) - ys) / 0.01)
-    skin = torch.tensor(i.skin).view(3, 1, 1)
-    img = img * (1 - head) + skin * head
+    img = img * (1 - head) + torch.tensor(i.skin).view(3, 1, 1) * head
     img = img * (1 - hair) + torch.tensor(i.hair).view(3, 1, 1) * hair
-    fx, fy = cx + dx, cy + dy  # inner features follow the pose more strongly
+    return img, (cx + dx, cy + dy)  # inner features follow the pose more strongly
+
+
+def _draw_eyes(
+    img: Tensor, i: FaceIdentity, a: FaceAttributes, xs: Tensor, ys: Tensor, fx: float, fy: float
+) -> tuple[Tensor, list[tuple[float, float]], float]:
+    """Eye whites, irises and brows; returns the image, the two eye landmarks and the eyes' height."""
     spacing = 0.115 + 0.035 * i.eye_spacing
     eye_y = fy - 0.06
     er = 0.028 + 0.014 * i.eye_size
@@ -181,14 +199,17 @@ def render_face(identity: FaceIdentity, attrs: FaceAttributes, size: int) -> tup
         )
         img = img * (1 - white) + white * 0.95
         img = img * (1 - iris) + torch.tensor(i.iris).view(3, 1, 1) * iris
-        brow = _soft(
-            (
-                ((xs - ex) / (er * 2.0)) ** 2 + ((ys - eye_y + er * 1.9) / (0.006 + 0.008 * i.brow)) ** 2
-            ).sqrt(),
-            0.1,
-        )
+        brow_d = ((xs - ex) / (er * 2.0)) ** 2 + ((ys - eye_y + er * 1.9) / (0.006 + 0.008 * i.brow)) ** 2
+        brow = _soft(brow_d.sqrt(), 0.1)
         img = img * (1 - brow) + brow * torch.tensor(i.hair).view(3, 1, 1) * 0.7
         landmarks.append((ex, eye_y))
+    return img, landmarks, eye_y
+
+
+def _draw_nose(
+    img: Tensor, i: FaceIdentity, xs: Tensor, ys: Tensor, fx: float, eye_y: float
+) -> tuple[Tensor, tuple[float, float]]:
+    """A shaded nose below the eyes; returns the image and the nose-tip landmark."""
     nl, nw = 0.06 + 0.04 * i.nose_length, 0.02 + 0.018 * i.nose_width
     ny = eye_y + 0.03
     in_nose = ((ys - ny) / nl).clamp(0, 1)
@@ -197,18 +218,20 @@ def render_face(identity: FaceIdentity, attrs: FaceAttributes, size: int) -> tup
         * (ys > ny).float()
         * (ys < ny + nl).float()
     )
-    img = img * (1 - 0.25 * nose) + 0.25 * nose * skin * 0.6
-    landmarks.append((fx, ny + nl))
+    img = img * (1 - 0.25 * nose) + 0.25 * nose * torch.tensor(i.skin).view(3, 1, 1) * 0.6
+    return img, (fx, ny + nl)
+
+
+def _draw_mouth(
+    img: Tensor, a: FaceAttributes, xs: Tensor, ys: Tensor, fx: float, fy: float
+) -> tuple[Tensor, list[tuple[float, float]]]:
+    """The mouth (opening and smile from the attributes); returns the image and the two corner landmarks."""
     my = fy + 0.135
     mw, mh = 0.06 + 0.01 * a.smile, 0.006 + 0.03 * a.mouth_open
     curve = my - 0.02 * a.smile * (1 - ((xs - fx) / mw) ** 2)
     mouth = _soft((((xs - fx) / mw) ** 2 + ((ys - curve) / mh) ** 2).sqrt(), 0.15)
     img = img * (1 - mouth) + mouth * torch.tensor([0.55, 0.15, 0.18]).view(3, 1, 1)
-    landmarks += [(fx - mw, my), (fx + mw, my)]
-    shade = 1 + 0.18 * a.light * (xs - 0.5) * 2  # lighting: a horizontal brightness gradient
-    img = (img * shade).clamp(0, 1)
-    lm = torch.tensor(landmarks) * (size - 1)  # (5, 2) pixel coordinates
-    return img, lm
+    return img, [(fx - mw, my), (fx + mw, my)]
 
 
 @dataclass

@@ -266,112 +266,66 @@ def test_identity_encoder_training_feeds_the_swapper(faces, in_tmp):
     assert swapper.hparams.id_encoder_depth == 18
 
 
+@pytest.fixture(scope="module")
+def tiny_ckpt(faces, tmp_path_factory):
+    """A two-step swapper checkpoint for the tool tests."""
+    root = tmp_path_factory.mktemp("tools_run")
+    run_cli(["fit", *TINY_MODEL, *_data(faces), *TRAINER, "--trainer.max_steps=2",
+             f"--trainer.default_root_dir={root}"])  # fmt: skip
+    return str(next(root.glob("**/*.ckpt")))
+
+
+@pytest.fixture(scope="module")
+def photo(faces, tmp_path_factory):
+    """A target face pasted into a larger photo, and its 5 landmarks as the CLI takes them."""
+    path = tmp_path_factory.mktemp("photo") / "photo.jpg"
+    img = Image.new("RGB", (90, 70), (40, 90, 140))
+    img.paste(Image.open(faces / "pairs/target/0001.png").resize((48, 48)), (20, 10))
+    img.save(path)
+    marks = json.loads((faces / "ffhq/landmarks.json").read_text())["images1024x1024/00000/00000.png"]
+    return path, " ".join(f"{20 + x * 1.5},{10 + y * 1.5}" for x, y in marks)
+
+
+def _swap(ckpt, source, target, out, *extra):
+    return main(["faceswap", "swap", "--ckpt", str(ckpt), "--source", str(source), "--target", str(target),
+                 "-o", str(out), *extra])  # fmt: skip
+
+
 @pytest.mark.slow
-def test_tools_swap_align_eval_and_provenance(faces, tmp_path, in_tmp, capsys):
-    run_cli(
-        [
-            "fit",
-            *TINY_MODEL,
-            *_data(faces),
-            *TRAINER,
-            "--trainer.max_steps=2",
-            "--trainer.default_root_dir=run",
-        ]
-    )
-    ckpt = str(next(in_tmp.glob("run/**/*.ckpt")))
+def test_swap_tool_pairs_folders_and_photos_with_provenance(faces, tiny_ckpt, photo, tmp_path):
     pairs = faces / "pairs"
     out = tmp_path / "one.png"
-    assert (
-        main(
-            [
-                "faceswap",
-                "swap",
-                "--ckpt",
-                ckpt,
-                "--source",
-                str(pairs / "source/0000.png"),
-                "--target",
-                str(pairs / "target/0000.png"),
-                "-o",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    assert _swap(tiny_ckpt, pairs / "source/0000.png", pairs / "target/0000.png", out) == 0
     info = Image.open(out).text
     assert (
         info["synthetic"] == "true" and len(info["repsuite-checkpoint-sha256"]) == 64 and "repsuite" in info
     )
-    assert (
-        main(
-            [
-                "faceswap",
-                "swap",
-                "--ckpt",
-                ckpt,
-                "--source",
-                str(pairs / "source"),
-                "--target",
-                str(pairs / "target"),
-                "-o",
-                str(tmp_path / "folder"),
-            ]
-        )
-        == 0
-    )
+    assert _swap(tiny_ckpt, pairs / "source", pairs / "target", tmp_path / "folder") == 0
     assert len(list((tmp_path / "folder").glob("*.png"))) == 4
     # a photo with landmarks: aligned, swapped, pasted back at the photo's size
-    photo = Image.new("RGB", (90, 70), (40, 90, 140))
-    photo.paste(Image.open(pairs / "target/0001.png").resize((48, 48)), (20, 10))
-    photo.save(tmp_path / "photo.jpg")
-    lm = " ".join(
-        f"{20 + x * 1.5},{10 + y * 1.5}"
-        for x, y in json.loads((faces / "ffhq/landmarks.json").read_text())["images1024x1024/00000/00000.png"]
-    )
+    path, lm = photo
     assert (
-        main(
-            [
-                "faceswap",
-                "swap",
-                "--ckpt",
-                ckpt,
-                "--source",
-                str(pairs / "source/0001.png"),
-                "--target",
-                str(tmp_path / "photo.jpg"),
-                "--target-landmarks",
-                lm,
-                "-o",
-                str(tmp_path / "photo_swap.png"),
-            ]
-        )
-        == 0
+        _swap(tiny_ckpt, pairs / "source/0001.png", path, tmp_path / "ps.png", "--target-landmarks", lm) == 0
     )
-    assert Image.open(tmp_path / "photo_swap.png").size == (90, 70)
-    assert (
-        main(
-            [
-                "faceswap",
-                "align",
-                str(tmp_path / "photo.jpg"),
-                "--landmarks",
-                lm,
-                "--size",
-                "32",
-                "-o",
-                str(tmp_path / "crop.png"),
-                "--matrix",
-                str(tmp_path / "m.json"),
-            ]
-        )
-        == 0
-    )
+    assert Image.open(tmp_path / "ps.png").size == (90, 70)
+
+
+@pytest.mark.slow
+def test_align_tool_crops_a_photo(photo, tmp_path):
+    path, lm = photo
+    args = [str(path), "--landmarks", lm, "--size", "32", "-o", str(tmp_path / "crop.png")]
+    assert main(["faceswap", "align", *args, "--matrix", str(tmp_path / "m.json")]) == 0
     assert Image.open(tmp_path / "crop.png").size == (32, 32)
+
+
+@pytest.mark.slow
+def test_eval_tool_prints_scores_writes_json_and_a_grid(faces, tiny_ckpt, tmp_path, capsys):
+    pairs = faces / "pairs"
     capsys.readouterr()
     assert (
         main(
             [
-                *("faceswap", "eval", str(pairs), "--ckpt", ckpt, "--fid"),
+                *("faceswap", "eval", str(pairs), "--ckpt", tiny_ckpt, "--fid"),
                 *("--json", str(tmp_path / "r.json"), "--grid", str(tmp_path / "grid.png")),
             ]
         )
@@ -388,61 +342,35 @@ def test_tools_swap_align_eval_and_provenance(faces, tmp_path, in_tmp, capsys):
     picked = grid.text["pairs"].split(",")
     labels = json.loads((pairs / "identities.json").read_text())
     assert len({labels[n]["source_identity"] for n in picked}) == 2
-    assert main(["faceswap", "eval", str(pairs), "--ckpt", ckpt, "--grid", str(tmp_path / "g.jpg")]) == 1
-    assert "use a .png name" in capsys.readouterr().err
-    # bad inputs: a pickled checkpoint, a JPEG output name, a wrong landmark count
-    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.ckpt")
-    assert (
-        main(
-            [
-                "faceswap",
-                "swap",
-                "--ckpt",
-                str(tmp_path / "pickled.ckpt"),
-                "--source",
-                str(out),
-                "--target",
-                str(out),
-                "-o",
-                str(tmp_path / "x.png"),
-            ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("pickled checkpoint", "--trust-checkpoint"),
+        ("swap to a JPEG", "use a .png name"),
+        ("grid to a JPEG", "use a .png name"),
+        ("two landmarks", "expected 5 points"),
+    ],
+)
+def test_tool_errors_are_explained(case, message, faces, tiny_ckpt, photo, tmp_path, capsys):
+    face = faces / "pairs/source/0000.png"
+    if case == "pickled checkpoint":
+        torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled.ckpt")
+        rc = _swap(tmp_path / "pickled.ckpt", face, face, tmp_path / "x.png")
+    elif case == "swap to a JPEG":
+        rc = _swap(tiny_ckpt, face, face, tmp_path / "x.jpg")
+    elif case == "grid to a JPEG":
+        rc = main(
+            ["faceswap", "eval", str(faces / "pairs"), "--ckpt", tiny_ckpt, "--grid", str(tmp_path / "g.jpg")]
         )
-        == 1
-    )
-    assert "--trust-checkpoint" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "faceswap",
-                "swap",
-                "--ckpt",
-                ckpt,
-                "--source",
-                str(out),
-                "--target",
-                str(out),
-                "-o",
-                str(tmp_path / "x.jpg"),
-            ]
+    else:
+        rc = main(
+            ["faceswap", "align", str(photo[0]), "--landmarks", "1,2 3,4", "-o", str(tmp_path / "c.png")]
         )
-        == 1
-    )
-    assert "use a .png name" in capsys.readouterr().err
-    assert (
-        main(
-            [
-                "faceswap",
-                "align",
-                str(tmp_path / "photo.jpg"),
-                "--landmarks",
-                "1,2 3,4",
-                "-o",
-                str(tmp_path / "c.png"),
-            ]
-        )
-        == 1
-    )
-    assert "expected 5 points" in capsys.readouterr().err
+    assert rc == 1
+    assert message in capsys.readouterr().err
 
 
 class DtypeProbe(Callback):
