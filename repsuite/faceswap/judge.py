@@ -171,7 +171,9 @@ def load_judge(path: str | Path) -> FaceJudge:
             "`repsuite fit --config configs/faceswap/judge_demo.yaml`, or pass an ArcFace backbone.pth"
         )
     names = FaceJudgeConfig.__dataclass_fields__
-    judge = FaceJudge(FaceJudgeConfig(**{k: v for k, v in hp.items() if k in names}))
+    cfg = {k: v for k, v in hp.items() if k in names}
+    cfg["mouth_branch"] = any(k.startswith("mouth.") for k in state)  # judges trained before the mouth crop
+    judge = FaceJudge(FaceJudgeConfig(**cfg))
     check_keys(state, judge.state_dict(), str(path), "FaceJudge")
     judge.load_state_dict(state)
     return judge.eval().requires_grad_(False)

@@ -192,3 +192,16 @@ def test_swapper_validation_and_eval_report_the_judge_next_to_the_encoder(faces,
     assert (
         main(["faceswap", "eval", str(faces / "pairs"), "--ckpt", str(ckpt), "--id-judge", "nope.ckpt"]) == 1
     )
+
+
+def test_a_judge_saved_before_the_mouth_crop_still_loads(tmp_path):
+    from repsuite.faceswap.judge import FaceJudge, FaceJudgeConfig
+
+    old = FaceJudge(FaceJudgeConfig(input_size=32, width=8, mouth_branch=False))
+    hp = {"identity_dim": 18, "attribute_dim": 8, "input_size": 32, "width": 8}  # no mouth_branch key then
+    state = {f"judge.{k}": v for k, v in old.state_dict().items()}
+    torch.save({"state_dict": state, "hyper_parameters": hp}, tmp_path / "old.ckpt")
+    judge = load_judge(tmp_path / "old.ckpt")
+    assert judge.mouth is None
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    torch.testing.assert_close(judge(x)[1], old.eval()(x)[1])
