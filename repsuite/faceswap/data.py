@@ -280,14 +280,17 @@ class JudgeFaceDataset(Dataset):
         root: folder with ``params.json`` and the images it lists.
         resolution: output size.
         names: the relative paths to use (default: all, sorted).
+        meta: ``params.json`` as :func:`read_judge_params` returned it (read from ``root`` when None).
 
     Raises:
         FaceImageError: ``params.json`` missing or malformed; the message names the file and the field.
     """
 
-    def __init__(self, root: str | Path, resolution: int, names: list[str] | None = None) -> None:
+    def __init__(
+        self, root: str | Path, resolution: int, names: list[str] | None = None, meta: dict | None = None
+    ) -> None:
         self.root, self.resolution = Path(root), resolution
-        meta = read_judge_params(self.root)
+        meta = meta if meta is not None else read_judge_params(self.root)
         self.identity_fields, self.attribute_fields = meta["identity_fields"], meta["attribute_fields"]
         self.entries = meta["images"]
         self.names = sorted(self.entries) if names is None else list(names)

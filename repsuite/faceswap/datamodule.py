@@ -318,7 +318,7 @@ class FaceJudgeDataModule(_FaceDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        meta = read_judge_params(judge_root)
+        self._meta = meta = read_judge_params(judge_root)
         self.identity_dim = len(meta["identity_fields"])
         self.attribute_dim = len(meta["attribute_fields"])
         self.train_set: JudgeFaceDataset | None = None
@@ -329,10 +329,11 @@ class FaceJudgeDataModule(_FaceDataModule):
         if self.train_set is not None:
             return
         h = self.hparams
-        names = sorted(read_judge_params(h.judge_root)["images"])
+        names = sorted(self._meta["images"])
         n_val = max(1, round(len(names) * h.val_fraction)) if len(names) > 1 else 0
-        self.train_set = JudgeFaceDataset(h.judge_root, h.resolution, names[: len(names) - n_val])
-        self.val_set = JudgeFaceDataset(h.judge_root, h.resolution, names[len(names) - n_val :])
+        split = len(names) - n_val
+        self.train_set = JudgeFaceDataset(h.judge_root, h.resolution, names[:split], self._meta)
+        self.val_set = JudgeFaceDataset(h.judge_root, h.resolution, names[split:], self._meta)
 
     def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Identity (N, identity_dim) and attribute (N, attribute_dim) vectors of the training images."""

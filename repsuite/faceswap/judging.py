@@ -84,11 +84,13 @@ class JudgeScores:
     def __init__(self, judge: SwapJudge) -> None:
         self.judge = judge
         self.identity = {c: JudgedIdentity(judge.identity) for c in _CANDIDATES}
-        self.pose = {c: AttributeDistance(judge.pose) for c in _CANDIDATES} if judge.pose else {}
-        self.expression = (
-            {c: AttributeDistance(judge.expression) for c in _CANDIDATES} if judge.expression else {}
-        )
+        self.pose = self._distances(judge.pose)
+        self.expression = self._distances(judge.expression)
         self.seen: set[str] = set()
+
+    @staticmethod
+    def _distances(reading: nn.Module | None) -> dict[str, AttributeDistance]:
+        return {c: AttributeDistance(reading) for c in _CANDIDATES} if reading is not None else {}
 
     def update(self, images: dict[str, Tensor], batch: dict[str, Any]) -> None:
         """Judge each candidate (``swap``, ``ground_truth``, ``copy_target``, ``copy_source``) of a batch."""
