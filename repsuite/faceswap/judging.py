@@ -94,19 +94,21 @@ class JudgeScores:
 
     def update(self, images: dict[str, Tensor], batch: dict[str, Any]) -> None:
         """Judge each candidate (``swap``, ``ground_truth``, ``copy_target``, ``copy_source``) of a batch."""
-        truth = batch.get("target_attributes")
+        ids = batch["source_identity"], batch["target_identity"]
+        with torch.no_grad():  # the sources, targets and references are the same for every candidate
+            src, tgt = self.judge.identity(batch["source"]), self.judge.identity(batch["target"])
+            truth = batch.get("target_attributes")
+            refs = [
+                (metric, truth[:, sl] if truth is not None else reading(batch["target"]))
+                for metric, reading, sl in ((self.pose, self.judge.pose, POSE_SLICE),
+                                            (self.expression, self.judge.expression, EXPRESSION_SLICE))
+                if metric
+            ]  # fmt: skip
         for cand, img in images.items():
             self.seen.add(cand)
-            ids = batch["source_identity"], batch["target_identity"]
-            self.identity[cand].update(img, batch["source"], batch["target"], *ids)
-            readings = (
-                (self.pose, self.judge.pose, POSE_SLICE),
-                (self.expression, self.judge.expression, EXPRESSION_SLICE),
-            )
-            for metric, reading, sl in readings:
-                if metric:
-                    ref = truth[:, sl] if truth is not None else reading(batch["target"])
-                    metric[cand].update(img, ref)
+            self.identity[cand].update_embeddings(self.judge.identity(img), src, tgt, *ids)
+            for metric, ref in refs:
+                metric[cand].update(img, ref)
 
     def to(self, device: torch.device | str) -> JudgeScores:
         """Move the metric states (the judge itself is moved by its owner)."""

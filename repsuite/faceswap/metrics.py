@@ -175,14 +175,23 @@ class JudgedIdentity(Metric):
         self, swaps: Tensor, sources: Tensor, targets: Tensor, source_id: Tensor, target_id: Tensor
     ) -> None:
         """Swaps, sources, targets (B, 3, S, S); identity labels (B,) of sources and targets (≥ 0)."""
+        self.update_embeddings(
+            self.judge(swaps), self.judge(sources), self.judge(targets), source_id, target_id
+        )
+
+    @torch.no_grad()
+    def update_embeddings(
+        self, swaps: Tensor, sources: Tensor, targets: Tensor, source_id: Tensor, target_id: Tensor
+    ) -> None:
+        """Like :meth:`update` with the judge's embeddings (B, D) already computed (shared by candidates)."""
         if (source_id < 0).any() or (target_id < 0).any():
             raise ValueError(
                 "JudgedIdentity: every pair needs source_identity and target_identity labels "
                 "(identities.json in the pair folder)"
             )
-        self.swap.append(self.judge(swaps).float())
-        self.source.append(self.judge(sources).float())
-        self.target.append(self.judge(targets).float())
+        self.swap.append(swaps.float())
+        self.source.append(sources.float())
+        self.target.append(targets.float())
         self.source_id.append(source_id.long().to(self.swap[-1].device))
         self.target_id.append(target_id.long().to(self.swap[-1].device))
 
