@@ -54,13 +54,15 @@ TASK_PACKAGES: tuple[str, ...] = ("repsuite.nlq", "repsuite.faceswap")
 _LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
 
 #: Values the model needs from the DataModule — widths it reads from its data, and settings both sides
-#: share (``max_video_len``: the bins a clip is pooled to and the model's learned positions) — linked from
+#: share (``max_video_len``: the bins a clip is pooled to and the model's learned positions; the face size
+#: ``resolution``, which must equal the StyleGAN2 prior's) — linked from
 #: ``data.<name>`` to ``model.init_args.<name>`` when both are instantiated, so every config gives each
 #: value once, in the data section. The link is skipped for DataModules without the attribute.
 LINKED_FROM_DATA: tuple[str, ...] = (
     "video_dim",
     "text_dim",
     "max_video_len",
+    "resolution",
     "num_classes",
     "identity_dim",
     "attribute_dim",

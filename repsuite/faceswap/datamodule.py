@@ -47,6 +47,11 @@ class _FaceDataModule(LightningDataModule):
     train_set: Dataset | None = None
     val_set: Dataset | None = None
 
+    @property
+    def resolution(self) -> int:
+        """Face size in pixels; the CLI links it to the model's ``resolution`` (given once, here)."""
+        return self.hparams.resolution
+
     def __str__(self) -> str:
         # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
         # arguments, which would parse (and skip) data before prepare_data has run

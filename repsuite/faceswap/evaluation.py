@@ -15,12 +15,12 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from repsuite.faceswap.data import PairFolderDataset
-from repsuite.faceswap.judging import JudgeScores, SwapJudge, open_judge
-from repsuite.faceswap.metrics import IDCosine, IDRetrieval, PoseError, ShapeError
-from repsuite.faceswap.module import FaceSwapModule, psnr
+from repsuite.faceswap.judging import SwapJudge, open_judge
+from repsuite.faceswap.module import FaceSwapModule
+from repsuite.faceswap.scores import SwapScores
 
 __all__ = ["SwapJudge", "evaluate_swaps", "open_judge", "swap_grid_pairs"]
 
@@ -61,78 +61,19 @@ def evaluate_swaps(
         ``judge_copy_source_*``.
     """
     module = module.eval()
-    scores = _SwapScores(embedder if embedder is not None else module.embedder, pose_estimator,
-                         shape_estimator, fid)  # fmt: skip
-    judged = JudgeScores(judge) if judge is not None else None
+    embedder = embedder if embedder is not None else module.embedder
+    scores = SwapScores(embedder, judge, True, pose_estimator, shape_estimator, fid)
     for batch in torch.utils.data.DataLoader(pairs, batch_size=batch_size):
-        swaps = module.swap(batch["source"], batch["target"])
-        images = scores.update(swaps, batch)
-        if judged is not None:
-            judged.update(images, batch)
+        scores.update(module.swap(batch["source"], batch["target"]), batch)
     identities = {str(pairs.labels.get(n, {}).get("source_identity", n)) for n in pairs.names}
     results: dict[str, Any] = {"pairs": len(pairs), "chance_id_retrieval": 100.0 / len(identities)}
     results |= scores.results()
-    if judged is not None:
+    if judge is not None:
         gallery = {
             int(lab[k]) for lab in pairs.labels.values() for k in ("source_identity", "target_identity")
         }
-        results |= {"judge": judge.name, "judge_chance": 100.0 / max(1, len(gallery))} | judged.results()
+        results |= {"judge": judge.name, "judge_chance": 100.0 / max(1, len(gallery))}
     return results
-
-
-class _SwapScores:
-    """The training-encoder ID metrics, optional pose / shape / FID, and PSNR against ground-truth swaps."""
-
-    def __init__(
-        self, embedder: nn.Module, pose: nn.Module | None, shape: nn.Module | None, fid: bool
-    ) -> None:
-        self.retrieval, self.cosine = IDRetrieval(embedder), IDCosine(embedder)
-        self.gt_retrieval = IDRetrieval(embedder)
-        self.pose = PoseError(pose) if pose is not None else None
-        self.shape = ShapeError(shape) if shape is not None else None
-        self.fid = _fid(embedder) if fid else None
-        self.psnr_sums = {"swap": 0.0, "copy_target": 0.0, "copy_source": 0.0}
-        self.with_gt = 0
-
-    def update(self, swaps: Tensor, batch: dict[str, Any]) -> dict[str, Tensor]:
-        """Score one batch; returns the images a judge should see (swap, copies, ground truth if any)."""
-        self.retrieval.update(swaps, batch["source"], batch["source_identity"])
-        self.cosine.update(swaps, batch["source"])
-        if self.pose is not None:
-            self.pose.update(swaps, batch["target"])
-        if self.shape is not None:
-            self.shape.update(swaps, batch["source"])
-        if self.fid is not None:
-            self.fid.update((batch["target"] + 1) / 2, real=True)
-            self.fid.update((swaps + 1) / 2, real=False)
-        images = {"swap": swaps, "copy_target": batch["target"], "copy_source": batch["source"]}
-        if "ground_truth" in batch:
-            gt, n = batch["ground_truth"], swaps.shape[0]
-            self.gt_retrieval.update(gt, batch["source"], batch["source_identity"])
-            for key in self.psnr_sums:
-                self.psnr_sums[key] += psnr(images[key], gt).item() * n
-            self.with_gt += n
-            images["ground_truth"] = gt
-        return images
-
-    def results(self) -> dict[str, float]:
-        """``id_retrieval``, ``id_cosine``, the optional figures and, with ground truth, ``psnr_*``."""
-        out = {"id_retrieval": self.retrieval.compute().item(), "id_cosine": self.cosine.compute().item()}
-        for key, metric in (("pose_error", self.pose), ("shape_error", self.shape), ("fid", self.fid)):
-            if metric is not None:
-                out[key] = metric.compute().item()
-        if self.with_gt:
-            out |= {f"psnr_{k}": v / self.with_gt for k, v in self.psnr_sums.items()}
-            out["id_retrieval_ground_truth"] = self.gt_retrieval.compute().item()
-        return out
-
-
-def _fid(embedder: nn.Module) -> Any:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    from repsuite.faceswap.metrics import EmbeddingFeatures
-
-    return FrechetInceptionDistance(feature=EmbeddingFeatures(embedder, 512), normalize=True)
 
 
 def swap_grid_pairs(pairs: PairFolderDataset, k: int) -> list[int]:

@@ -21,6 +21,8 @@ from repsuite.resume import ExactResumeMixin
 
 __all__ = ["IdentityModule"]
 
+NUM_CLASSES_KEY = "idnet_num_classes"
+
 
 class IdentityModule(ExactResumeMixin, LightningModule):
     """IResNet + ArcFace margin head, trained with cross-entropy on margin logits.
@@ -73,8 +75,19 @@ class IdentityModule(ExactResumeMixin, LightningModule):
                 raise ValueError(
                     "IdentityModule: `num_classes` is not set and the DataModule does not provide it"
                 )
-            self.hparams["num_classes"] = int(dm.num_classes)
-            self._build_head(self.hparams.num_classes)
+            self._build_head(int(dm.num_classes))
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save the head's size: read from the data at setup, it is not among the hyper-parameters."""
+        super().on_save_checkpoint(checkpoint)
+        if self.head is not None:
+            checkpoint[NUM_CLASSES_KEY] = self.head.weight.shape[0]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Build the head from the saved size when the hyper-parameters lack it."""
+        super().on_load_checkpoint(checkpoint)
+        if self.head is None and NUM_CLASSES_KEY in checkpoint:
+            self._build_head(int(checkpoint[NUM_CLASSES_KEY]))
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
         """Aligned faces (B, 3, S, S) in [-1, 1] -> embeddings (B, num_features)."""

@@ -47,6 +47,13 @@ class FaceSwapGeneratorConfig:
         id_dim: identity embedding width (ArcFace 512).
         id_injection: ``"modulation"`` (thesis) or ``"adain"`` (SimSwap-style, for the ablation).
         unet_skips: add encoder features to the decoder (GFPGAN's U-Net); off in the thesis.
+        unet_skip_max_res: with ``unet_skips``, only decoder levels up to this resolution get them (None:
+            all). Fine-level skips hand the target's edges (face outline, eye positions) straight to the
+            output, which a swap must move to the source's; coarse ones carry pose and expression.
+        skip_warp: warp every U-Net skip by a flow predicted from the identity-modulated decoder features
+            (deformable skips, coarse to fine). A swap must move the target's outline and eyes to the
+            source's proportions; spatially-invariant modulated convolutions shift features poorly, a
+            flow field does it directly. The flow heads start at zero (plain skips).
         id_blocks_bottleneck: ID Modulation Blocks at the bottleneck.
         sft_half: channel-split SFT (half the channels pass through).
         train_prior: fine-tune the StyleGAN2 prior (frozen by default).
@@ -61,6 +68,8 @@ class FaceSwapGeneratorConfig:
     id_dim: int = 512
     id_injection: Literal["modulation", "adain"] = "modulation"
     unet_skips: bool = False
+    unet_skip_max_res: int | None = None
+    skip_warp: bool = False
     id_blocks_bottleneck: int = 2
     sft_half: bool = True
     train_prior: bool = False
@@ -145,6 +154,16 @@ class IDModulationBlock(nn.Module):
         return (x + branch) / math.sqrt(2.0)
 
 
+def warp_by_flow(x: Tensor, flow: Tensor) -> Tensor:
+    """Resample features (B, C, H, W) at each pixel + flow (B, 2, H, W) (dx, dy in pixels), bilinearly."""
+    b, _, h, w = x.shape
+    identity = torch.eye(2, 3, dtype=x.dtype, device=x.device).expand(b, 2, 3)
+    grid = F.affine_grid(identity, list(x.shape), align_corners=False)  # (B, H, W, 2) in [-1, 1]
+    scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)  # pixels -> grid units
+    offset = rearrange(flow, "b two h w -> b h w two") * scale  # (B, H, W, 2)
+    return F.grid_sample(x, grid + offset, mode="bilinear", padding_mode="border", align_corners=False)
+
+
 class FaceSwapGenerator(nn.Module):
     """The thesis's generator: G(target, id(source)) -> swap.
 
@@ -194,6 +213,9 @@ class FaceSwapGenerator(nn.Module):
         sft_ch = {r: gan_ch[r] // 2 if cfg.sft_half else gan_ch[r] for r in levels[1:]}
         self.condition_scale = nn.ModuleList(self._condition(unet[r], sft_ch[r], 1.0) for r in levels[1:])
         self.condition_shift = nn.ModuleList(self._condition(unet[r], sft_ch[r], 0.0) for r in levels[1:])
+        self.skip_flow = (
+            nn.ModuleList(self._condition(unet[r], 2, 0.0) for r in levels[1:]) if cfg.skip_warp else None
+        )
 
     @staticmethod
     def _condition(in_ch: int, out_ch: int, bias: float) -> nn.Sequential:
@@ -235,10 +257,18 @@ class FaceSwapGenerator(nn.Module):
         latent = self.final_mlp(feat.flatten(1))  # (B, num_latent · D)
         latent = rearrange(latent, "b (n d) -> b n d", n=self.stylegan.num_latent)  # (B, num_latent, D)
         conditions = []
+        flow = None  # (B, 2, H, W): where each skip feature is read from, in pixels of its level
         for i, (up, idb) in enumerate(zip(self.conv_body_up, self.id_up, strict=True)):
             feat = up(feat)
-            if self.cfg.unet_skips:
-                feat = feat + skips[i]
+            if self.cfg.unet_skips and feat.shape[-1] <= (self.cfg.unet_skip_max_res or s):
+                skip = skips[i]
+                if self.skip_flow is not None:
+                    flow_here = self.skip_flow[i](feat)  # (B, 2, H, W)
+                    if flow is not None:  # refine the coarser level's flow, in this level's pixels
+                        flow_here = flow_here + 2 * F.interpolate(flow, scale_factor=2.0, mode="bilinear")
+                    flow = flow_here
+                    skip = warp_by_flow(skip, flow)
+                feat = feat + skip
             feat = idb(feat, ident)
             conditions += [self.condition_scale[i](feat), self.condition_shift[i](feat)]
         randomize = self.training if randomize_noise is None else randomize_noise

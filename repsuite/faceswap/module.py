@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import inspect
+from dataclasses import fields
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -12,12 +13,12 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import Tensor, nn
-from torchmetrics.functional.image import peak_signal_noise_ratio
+from torch.optim.swa_utils import AveragedModel
 
 from repsuite.faceswap.align import face_template
 from repsuite.faceswap.arcface import IRESNET_LAYERS, iresnet, load_arcface
 from repsuite.faceswap.discriminators import COMPONENTS, FacialComponentDiscriminator, crop_components
-from repsuite.faceswap.judging import JudgeScores, SwapJudge, check_independent, open_judge
+from repsuite.faceswap.judging import SwapJudge, check_independent, open_judge
 from repsuite.faceswap.loading import load_stylegan2
 from repsuite.faceswap.losses import (
     IdentityLoss,
@@ -27,12 +28,15 @@ from repsuite.faceswap.losses import (
     generator_adversarial_loss,
     r1_penalty,
 )
-from repsuite.faceswap.metrics import ArcFaceEmbedder, IDCosine, IDRetrieval
+from repsuite.faceswap.metrics import ArcFaceEmbedder
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from repsuite.faceswap.scores import SwapScores
 from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Discriminator, StyleGAN2Generator
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["FaceSwapModule"]
+
+ARCHITECTURE_KEY = "faceswap_architecture"
 
 
 class FaceSwapModule(ExactResumeMixin, LightningModule):
@@ -54,8 +58,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             ``val/id_retrieval``. Refused when it is, or shares weights with, the training encoder. Not
             saved in checkpoints.
         channel_multiplier, narrow, num_mlp: architecture of a random prior (else read from ``prior_ckpt``).
-        unet_narrow, id_injection, unet_skips, id_blocks_bottleneck, train_prior: see
-            :class:`~repsuite.faceswap.model.FaceSwapGeneratorConfig`.
+        unet_narrow, id_injection, unet_skips, unet_skip_max_res, skip_warp, id_blocks_bottleneck,
+        train_prior: see :class:`~repsuite.faceswap.model.FaceSwapGeneratorConfig`.
         component_discriminators: add the left-eye / right-eye / mouth discriminators (GFPGAN).
         component_width: first-layer channels of the component discriminators.
         id_weight, recon_weight, adv_weight, fm_weight: λ_ID, λ_Recon, λ_adv, λ_wkFM (10 / 10 / 1 / 5).
@@ -98,6 +102,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         unet_narrow: float = 0.5,
         id_injection: Literal["modulation", "adain"] = "modulation",
         unet_skips: bool = False,
+        unet_skip_max_res: int | None = None,
+        skip_warp: bool = False,
         id_blocks_bottleneck: int = 2,
         train_prior: bool = False,
         component_discriminators: bool = True,
@@ -133,12 +139,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
                 f"({prior.cfg.out_size} px"
                 f"{' from ' + prior_ckpt if prior_ckpt else ''}); set resolution to the prior's size"
             )
-        gcfg = FaceSwapGeneratorConfig(
-            out_size=resolution, num_style_feat=prior.cfg.num_style_feat, num_mlp=prior.cfg.num_mlp,
-            channel_multiplier=prior.cfg.channel_multiplier, narrow=prior.cfg.narrow, unet_narrow=unet_narrow,
-            id_injection=id_injection, unet_skips=unet_skips, id_blocks_bottleneck=id_blocks_bottleneck,
-            train_prior=train_prior,
-        )  # fmt: skip
+        gcfg = self._generator_config(prior.cfg)
         self.generator = FaceSwapGenerator(gcfg, prior)
         self.arcface = self._build_id_encoder(_arch_only)
         self.embedder = ArcFaceEmbedder(self.arcface)
@@ -148,27 +149,37 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             if component_discriminators
             else {}
         )
-        self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False) if ema_decay else None
+        self.generator_ema = self._build_ema(ema_decay)
         self.id_loss = IdentityLoss(id_weight)
         self.recon_loss = ReconstructionLoss(recon_weight)
         self.fm_loss = WeakFeatureMatchingLoss(fm_weight, fm_layers)
-        self.val_retrieval = IDRetrieval(self.embedder)
-        self.val_cosine = IDCosine(self.embedder)
-        self.judge, self.judge_scores = self._build_judge(_arch_only)
+        self.judge = self._build_judge(_arch_only)
+        self.val_scores = SwapScores(self.embedder, self.judge, judge_baselines=False)
         self._grid: Tensor | None = None
         self._id_jitter: nn.Module | None = None
         self._skipped_total = 0
         self._skipped_in_row = 0
 
     # ------------------------------------------------------------------------------------------- building
+    def _generator_config(self, prior: StyleGAN2Config) -> FaceSwapGeneratorConfig:
+        """The generator's config: the constructor's arguments of that name, the prior's sizes."""
+        h = self.hparams
+        given = {f.name: h[f.name] for f in fields(FaceSwapGeneratorConfig) if f.name in h}
+        return FaceSwapGeneratorConfig(**given | {f.name: getattr(prior, f.name) for f in fields(prior)})
+
+    def _build_ema(self, decay: float | None) -> AveragedModel | None:
+        """The generator's exponential moving average (torch's ``AveragedModel``), buffers included."""
+        if not decay:
+            return None
+        # a partial of a module-level function, not torch's get_ema_multi_avg_fn closure: ddp_spawn pickles
+        ema = AveragedModel(self.generator, multi_avg_fn=partial(_ema_update, decay=decay), use_buffers=True)
+        self._register_load_state_dict_pre_hook(_rename_old_ema_keys)
+        return ema.requires_grad_(False)
+
     def _build_prior(self, arch_only: bool) -> StyleGAN2Generator:
         h = self.hparams
         if h.prior_ckpt and not arch_only:
-            prior = load_stylegan2(h.prior_ckpt)
-            self.hparams["channel_multiplier"] = prior.cfg.channel_multiplier  # saved for rebuilding
-            self.hparams["narrow"] = prior.cfg.narrow
-            self.hparams["num_mlp"] = prior.cfg.num_mlp
-            return prior
+            return load_stylegan2(h.prior_ckpt)
         if not (h.random_prior or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs prior_ckpt (a StyleGAN2 generator in GFPGAN's clean layout, e.g. "
@@ -180,11 +191,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
     def _build_id_encoder(self, arch_only: bool) -> nn.Module:
         h = self.hparams
         if h.id_encoder_ckpt and not arch_only:
-            net = load_arcface(h.id_encoder_ckpt)
-            self.hparams["id_encoder_depth"] = {v: k for k, v in IRESNET_LAYERS.items()}[net.layers_cfg]
-            self.hparams["id_encoder_input_size"] = net.input_size
-            self.hparams["id_encoder_crop_zoom"] = net.crop_zoom
-            return net
+            return load_arcface(h.id_encoder_ckpt)
         if not (h.random_id_encoder or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs id_encoder_ckpt (an arcface_torch backbone.pth or a checkpoint of "
@@ -194,15 +201,15 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         net.crop_zoom = h.id_encoder_crop_zoom
         return net.eval().requires_grad_(False)
 
-    def _build_judge(self, arch_only: bool) -> tuple[SwapJudge | None, JudgeScores | None]:
+    def _build_judge(self, arch_only: bool) -> SwapJudge | None:
         """The independent judge (kept out of the state dict: it is no part of the swapper)."""
         h = self.hparams
         if not h.id_judge_ckpt or arch_only:
-            return None, None
+            return None
         judge = open_judge(h.id_judge_ckpt)
         if h.id_encoder_ckpt:
             check_independent(h.id_judge_ckpt, h.id_encoder_ckpt, self.arcface, judge)
-        return judge, JudgeScores(judge)
+        return judge
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, map_location: str | torch.device = "cpu") -> FaceSwapModule:
@@ -210,11 +217,30 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
         return cls._from_state(ckpt)
 
+    def architecture(self) -> dict[str, Any]:
+        """What a checkpoint needs to rebuild the networks without their source files.
+
+        The prior's sizes (read from ``prior_ckpt``) and the identity encoder's (read from
+        ``id_encoder_ckpt``), under the constructor's argument names.
+        """
+        prior = self.generator.stylegan.cfg
+        depth = {v: k for k, v in IRESNET_LAYERS.items()}[self.arcface.layers_cfg]
+        return {
+            "channel_multiplier": prior.channel_multiplier, "narrow": prior.narrow, "num_mlp": prior.num_mlp,
+            "id_encoder_depth": depth, "id_encoder_input_size": self.arcface.input_size,
+            "id_encoder_crop_zoom": float(getattr(self.arcface, "crop_zoom", 1.0)),
+        }  # fmt: skip
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Also save :meth:`architecture`: the hyper-parameters hold what was given, not what was loaded."""
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[ARCHITECTURE_KEY] = self.architecture()
+
     @classmethod
     def _from_state(cls, ckpt: dict) -> FaceSwapModule:
         names = inspect.signature(cls.__init__).parameters
         hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in names}  # drops the CLI's _class_path
-        module = cls(**hp, _arch_only=True)
+        module = cls(**hp | ckpt.get(ARCHITECTURE_KEY, {}), _arch_only=True)
         module.load_state_dict(ckpt["state_dict"])
         return module.eval()
 
@@ -227,7 +253,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
     # ------------------------------------------------------------------------------------------- helpers
     def swap_generator(self) -> FaceSwapGenerator:
         """The generator used for validation and export (the EMA copy when kept)."""
-        return self.generator_ema if self.generator_ema is not None else self.generator
+        return self.generator_ema.module if self.generator_ema is not None else self.generator
 
     @torch.no_grad()
     def swap(self, sources: Tensor, targets: Tensor) -> Tensor:
@@ -330,7 +356,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
                 "Lower lr, set grad_clip (e.g. 10), or resume from an earlier checkpoint."
             )
         if self.generator_ema is not None:
-            self._update_ema()
+            self.generator_ema.update_parameters(self.generator)
         n = batch["target"].shape[0]
         self.log_dict({f"train/{k}": v.detach() for k, v in {**g_terms, **d_terms}.items()}, batch_size=n)
         self.log("train/loss_g", loss_g.detach(), prog_bar=True, batch_size=n)
@@ -400,14 +426,6 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
                 "unscaling); use precision='bf16-mixed' or 32, or set grad_clip to null"
             )
 
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.hparams.ema_decay
-        for e, p in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
-            e.lerp_(p.detach(), 1 - decay)
-        for e, b in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            e.copy_(b)
-
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for G (its trainable part) and for all discriminators; β = (0, 0.999), lr 2e-4, no decay."""
         h = self.hparams
@@ -424,37 +442,27 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
 
     # ------------------------------------------------------------------------------------------- evaluation
     def on_validation_start(self) -> None:
-        """The judge and its metrics follow the module's device."""
+        """The judge and the metric states follow the module's device."""
         if self.judge is not None:
             for net in self.judge.modules():
                 net.to(self.device)
-            self.judge_scores.to(self.device)
+        self.val_scores.to(self.device)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Swaps of the validation pairs: ID retrieval / cosine, PSNR against ground-truth swaps if given."""
-        swaps = self.swap(batch["source"], batch["target"])
-        self.val_retrieval.update(swaps, batch["source"], batch["source_identity"])
-        self.val_cosine.update(swaps, batch["source"])
-        n = swaps.shape[0]
-        if "ground_truth" in batch:
-            gt = batch["ground_truth"]
-            self.log("val/psnr", psnr(swaps, gt), batch_size=n, sync_dist=True)
-            self.log("val/psnr_copy_target", psnr(batch["target"], gt), batch_size=n, sync_dist=True)
-            self.log("val/psnr_copy_source", psnr(batch["source"], gt), batch_size=n, sync_dist=True)
-        if self.judge_scores is not None:
-            self.judge_scores.update({"swap": swaps}, batch)
+        """Swap the validation pairs and score them (:class:`~repsuite.faceswap.scores.SwapScores`)."""
+        self.val_scores.update(self.swap(batch["source"], batch["target"]), batch)
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])
 
     def on_validation_epoch_end(self) -> None:
-        """Log the metrics and the source × target grid (W&B, TensorBoard, and a PNG in the log folder)."""
-        self.log("val/id_retrieval", self.val_retrieval.compute())
-        self.log("val/id_cosine", self.val_cosine.compute())
-        self.val_retrieval.reset()
-        self.val_cosine.reset()
-        if self.judge_scores is not None:
-            self.log_dict({f"val/{k}": v for k, v in self.judge_scores.results().items()})
-            self.judge_scores.reset()
+        """Log the scores and the source × target grid (W&B, TensorBoard, and a PNG in the log folder).
+
+        ``val/id_retrieval``, ``val/id_cosine``, ``val/psnr`` (and the copy baselines'), ``val/judge_*``.
+        """
+        results = self.val_scores.results()
+        results["psnr"] = results.pop("psnr_swap", None)
+        self.log_dict({f"val/{k}": v for k, v in results.items() if v is not None})
+        self.val_scores.reset()
         if self._grid is not None and self.trainer is not None and not self.trainer.sanity_checking:
             self._log_grid(self._grid)
         self._grid = None
@@ -491,6 +499,20 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         return {"name": batch.get("name"), "swap": self.swap(batch["source"], batch["target"]).cpu()}
 
 
-def psnr(a: Tensor, b: Tensor) -> Tensor:
-    """Mean over images (B, 3, H, W) in [-1, 1] of each image's PSNR in dB (peak-to-peak 2)."""
-    return peak_signal_noise_ratio(a.float(), b.float(), data_range=2.0, dim=(1, 2, 3))
+@torch.no_grad()
+def _ema_update(averaged: list[Tensor], current: list[Tensor], num_averaged: Tensor, decay: float) -> None:
+    """``AveragedModel``'s in-place update: average <- decay · average + (1 − decay) · current."""
+    for avg, cur in zip(averaged, current, strict=True):
+        avg.lerp_(cur, 1 - decay)
+
+
+def _rename_old_ema_keys(state: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Read checkpoints that kept the EMA generator as a plain copy (``generator_ema.<name>``).
+
+    It is an ``AveragedModel`` now (``generator_ema.module.<name>`` and a ``generator_ema.n_averaged`` count).
+    """
+    old = f"{prefix}generator_ema."
+    if any(k.startswith(old) for k in state) and f"{old}n_averaged" not in state:
+        for key in [k for k in state if k.startswith(old)]:
+            state[f"{old}module.{key[len(old) :]}"] = state.pop(key)
+        state[f"{old}n_averaged"] = torch.tensor(1, dtype=torch.long)

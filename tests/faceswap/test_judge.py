@@ -159,7 +159,7 @@ def test_demo_judge_is_another_network_data_seed_and_run_than_the_encoder():
 def test_swapper_validation_and_eval_report_the_judge_next_to_the_encoder(faces, trained, in_tmp, capsys):
     _, judge_ckpt, idnet_ckpt = trained
     cli = run_cli(
-        ["fit", "--model=FaceSwapModule", "--model.resolution=32", "--model.random_prior=true",
+        ["fit", "--model=FaceSwapModule", "--model.random_prior=true",
          "--model.train_prior=true", "--model.narrow=0.0625", "--model.num_mlp=2",
          "--model.component_width=8", "--model.id_jitter=0.05",
          f"--model.id_encoder_ckpt={idnet_ckpt}", f"--model.id_judge_ckpt={judge_ckpt}",

@@ -12,7 +12,7 @@ from repsuite.faceswap.losses import (
     generator_adversarial_loss,
     r1_penalty,
 )
-from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig, warp_by_flow
 from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Generator
 
 TINY = {"out_size": 32, "num_style_feat": 32, "num_mlp": 2, "narrow": 0.0625, "id_dim": 16}
@@ -42,6 +42,30 @@ def test_generator_shapes_identity_dependence_and_frozen_prior(injection, skips)
     assert all(p.grad is None for p in gen.stylegan.parameters())  # the prior is frozen by default
     assert gen.conv_body_first.weight.grad is not None and gen.id_up[0].conv1.affine.weight.grad is not None
     assert set(map(id, gen.trainable_parameters())) == {id(p) for p in gen.parameters() if p.requires_grad}
+
+
+def test_warp_by_flow_moves_features_by_the_flow_in_pixels():
+    x = torch.zeros(1, 1, 8, 8)
+    x[0, 0, 3, 4] = 1.0
+    torch.testing.assert_close(warp_by_flow(x, torch.zeros(1, 2, 8, 8)), x)
+    flow = torch.zeros(1, 2, 8, 8)
+    flow[:, 0] = -2.0  # every pixel reads from two pixels to its left: the dot moves right by two
+    moved = warp_by_flow(x, flow)
+    assert moved[0, 0, 3, 6] == 1.0 and moved.sum() == 1.0
+
+
+def test_warped_skips_start_as_plain_skips_and_learn_a_flow():
+    torch.manual_seed(0)
+    plain = FaceSwapGenerator(FaceSwapGeneratorConfig(**TINY, unet_skips=True)).eval()
+    warped = FaceSwapGenerator(FaceSwapGeneratorConfig(**TINY, unet_skips=True, skip_warp=True)).eval()
+    missing = warped.load_state_dict(plain.state_dict(), strict=False).missing_keys
+    assert missing and all(k.startswith("skip_flow.") for k in missing)
+    _randomize_id_affines(plain)
+    warped.load_state_dict(plain.state_dict(), strict=False)
+    x, ids = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 16)
+    torch.testing.assert_close(warped(x, ids), plain(x, ids))  # zero flow at initialisation
+    warped(x, ids).square().mean().backward()
+    assert all(head[2].weight.grad.abs().sum() > 0 for head in warped.skip_flow)
 
 
 def test_cs_sft_starts_as_identity_so_the_prior_is_reproduced():

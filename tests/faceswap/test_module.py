@@ -17,7 +17,6 @@ from tests.faceswap.test_stylegan2 import gfpgan_generator_keys, random_state
 
 TINY_MODEL = [
     "--model=FaceSwapModule",
-    "--model.resolution=32",
     "--model.random_prior=true",
     "--model.train_prior=true",
     "--model.random_id_encoder=true",
@@ -70,6 +69,7 @@ TRAINER = [
 
 def test_fit_logs_every_term_and_the_grid_and_reloads_from_the_checkpoint(faces, in_tmp):
     cli = run_cli(["fit", *TINY_MODEL, *_data(faces), *TRAINER, "--trainer.default_root_dir=run"])
+    assert cli.model.hparams.resolution == 32 == cli.datamodule.resolution  # given once, in the data section
     m = cli.trainer.callback_metrics
     for key in (
         "train/g_adv",
@@ -92,7 +92,7 @@ def test_fit_logs_every_term_and_the_grid_and_reloads_from_the_checkpoint(faces,
     assert Image.open(grid).size == (3 * 32 + 4 * 2, 3 * 32 + 4 * 2)  # 2 sources x 2 targets + headers
     ckpt = next(in_tmp.glob("run/**/*.ckpt"))
     state = torch.load(ckpt, weights_only=True)
-    assert "generator_ema.stylegan.constant_input.weight" in state["state_dict"]
+    assert "generator_ema.module.stylegan.constant_input.weight" in state["state_dict"]
     reloaded = FaceSwapModule.from_checkpoint(ckpt)
     pairs = PairFolderDataset(faces / "pairs", 32)
     s, t = pairs[0]["source"][None], pairs[0]["target"][None]
@@ -142,6 +142,27 @@ TINY_KW = dict(
     resolution=32, random_prior=True, train_prior=True, random_id_encoder=True, narrow=0.0625, num_mlp=2,
     component_width=8, ema_decay=None,
 )  # fmt: skip
+
+
+def test_ema_generator_averages_with_the_configured_decay_and_reads_old_checkpoints():
+    module = FaceSwapModule(**(TINY_KW | {"ema_decay": 0.9}))
+    weights = [p for p in module.generator.parameters()]
+    with torch.no_grad():
+        for value in (1.0, 2.0, 4.0):
+            for p in weights:
+                p.fill_(value)
+            module.generator_ema.update_parameters(module.generator)
+    # the first update copies, then ema <- 0.9 ema + 0.1 new
+    expected = 0.9 * (0.9 * 1.0 + 0.1 * 2.0) + 0.1 * 4.0
+    ema = next(module.swap_generator().parameters())
+    torch.testing.assert_close(ema, torch.full_like(ema, expected))
+    # a checkpoint that kept the EMA generator as a plain copy (generator_ema.<name>) still loads
+    state = module.state_dict()
+    old = {k.replace("generator_ema.module.", "generator_ema."): v for k, v in state.items()}
+    del old["generator_ema.n_averaged"]
+    fresh = FaceSwapModule(**(TINY_KW | {"ema_decay": 0.9}))
+    fresh.load_state_dict(old)
+    torch.testing.assert_close(next(fresh.swap_generator().parameters()), ema)
 
 
 def test_non_finite_steps_are_skipped_counted_and_stop_a_diverged_run(faces, tmp_path):
@@ -204,7 +225,14 @@ def test_missing_weights_and_resolution_mismatch_are_explained(tmp_path):
     ):
         FaceSwapModule(resolution=32, prior_ckpt=str(tmp_path / "prior.pth"), random_id_encoder=True)
     m = FaceSwapModule(resolution=64, prior_ckpt=str(tmp_path / "prior.pth"), random_id_encoder=True)
-    assert m.hparams.narrow == 0.0625 and m.generator.stylegan.cfg.num_mlp == 2
+    assert m.generator.stylegan.cfg.num_mlp == 2 and m.architecture()["narrow"] == 0.0625
+    assert m.hparams.narrow == 1.0  # the hyper-parameters keep what was given
+    # the checkpoint carries the prior's sizes: it rebuilds after the prior file is gone
+    ckpt = {"hyper_parameters": dict(m.hparams), "state_dict": m.state_dict()}
+    m.on_save_checkpoint(ckpt)
+    (tmp_path / "prior.pth").unlink()
+    rebuilt = FaceSwapModule._from_state(ckpt)
+    assert rebuilt.generator.stylegan.cfg.narrow == 0.0625
 
 
 def test_datamodule_counts_bad_images_and_handles_singletons(faces, tmp_path, caplog):
@@ -263,7 +291,26 @@ def test_identity_encoder_training_feeds_the_swapper(faces, in_tmp):
     swapper = FaceSwapModule(
         resolution=32, random_prior=True, narrow=0.0625, num_mlp=2, id_encoder_ckpt=str(ckpt)
     )
-    assert swapper.hparams.id_encoder_depth == 18
+    assert swapper.architecture()["id_encoder_depth"] == 18
+    assert swapper.architecture()["id_encoder_input_size"] == cli.model.hparams.input_size
+
+
+def test_identity_module_from_python_saves_its_head_size(faces, tmp_path):
+    """Without the CLI's link, the head's size comes from the data and travels in the checkpoint."""
+    from repsuite.faceswap import FaceIdentityDataModule, IdentityModule
+
+    dm = FaceIdentityDataModule(vggface2_root=str(faces / "vggface2_hq"), resolution=32, batch_size=4)
+    module = IdentityModule(input_size=32)
+    trainer = Trainer(
+        accelerator="cpu", max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, logger=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )  # fmt: skip
+    trainer.fit(module, dm)
+    assert module.hparams.num_classes is None  # the hyper-parameters keep what was given
+    ckpt = next(tmp_path.glob("**/*.ckpt"))
+    reloaded = IdentityModule.load_from_checkpoint(ckpt, weights_only=True)
+    assert reloaded.head.weight.shape[0] == dm.num_classes
+    torch.testing.assert_close(reloaded.head.weight, module.head.weight)
 
 
 @pytest.fixture(scope="module")
