@@ -106,7 +106,7 @@ class JudgeScores:
             ]  # fmt: skip
         for cand, img in images.items():
             self.seen.add(cand)
-            self.identity[cand].update_embeddings(self.judge.identity(img), src, tgt, *ids)
+            self.identity[cand].update(self.judge.identity(img), src, tgt, *ids, embedded=True)
             for metric, ref in refs:
                 metric[cand].update(img, ref)
 

@@ -172,18 +172,21 @@ class JudgedIdentity(Metric):
 
     @torch.no_grad()
     def update(
-        self, swaps: Tensor, sources: Tensor, targets: Tensor, source_id: Tensor, target_id: Tensor
+        self,
+        swaps: Tensor,
+        sources: Tensor,
+        targets: Tensor,
+        source_id: Tensor,
+        target_id: Tensor,
+        embedded: bool = False,
     ) -> None:
-        """Swaps, sources, targets (B, 3, S, S); identity labels (B,) of sources and targets (≥ 0)."""
-        self.update_embeddings(
-            self.judge(swaps), self.judge(sources), self.judge(targets), source_id, target_id
-        )
+        """Swaps, sources, targets (B, 3, S, S); identity labels (B,) of sources and targets (≥ 0).
 
-    @torch.no_grad()
-    def update_embeddings(
-        self, swaps: Tensor, sources: Tensor, targets: Tensor, source_id: Tensor, target_id: Tensor
-    ) -> None:
-        """Like :meth:`update` with the judge's embeddings (B, D) already computed (shared by candidates)."""
+        With ``embedded=True`` the first three are the judge's embeddings (B, D), already computed (a caller
+        judging several candidates of the same pairs embeds their sources and targets once).
+        """
+        if not embedded:
+            swaps, sources, targets = self.judge(swaps), self.judge(sources), self.judge(targets)
         if (source_id < 0).any() or (target_id < 0).any():
             raise ValueError(
                 "JudgedIdentity: every pair needs source_identity and target_identity labels "
