@@ -112,14 +112,6 @@ def runner(case: Case, device: torch.device):
     return run
 
 
-def time_case(case: Case, device: torch.device, reps: int) -> float:
-    return median_seconds(runner(case, device), device, reps)
-
-
-def peak_memory_here(case: Case, device: torch.device) -> int:
-    return peak_after_warmup(runner(case, device), device)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small shapes (checks the script runs)")
@@ -131,7 +123,7 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device(args.device)
     if args._memory:  # child process: one peak-memory probe
-        print(peak_memory_here(Case(**json.loads(args._memory)), device))
+        print(peak_after_warmup(runner(Case(**json.loads(args._memory)), device), device))
         return
 
     reps = args.reps or (2 if args.quick else 5)
@@ -145,12 +137,12 @@ def main() -> None:
     print("-" * len(header))
     rows = []
     for case in cases(args.quick):
-        secs = time_case(case, device, reps)
+        secs = median_seconds(runner(case, device), device, reps)
         gc.collect()
         if args.no_memory:
             mem = None
         elif device.type == "cuda":
-            mem = peak_memory_here(case, device)
+            mem = peak_after_warmup(runner(case, device), device)
         else:
             mem = probe_in_subprocess(__file__, asdict(case), threads)
         rate = f"{1 / secs:.2f} steps/s" if case.kind == "train" else f"{secs * 1e3:.0f} ms/query"
