@@ -133,22 +133,12 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.save_hyperparameters(ignore=["_arch_only"])
         self.automatic_optimization = False
         prior = self._build_prior(_arch_only)
-        if prior.cfg.out_size != resolution:
-            raise ValueError(
-                f"FaceSwapModule: resolution {resolution} does not match the StyleGAN2 prior "
-                f"({prior.cfg.out_size} px"
-                f"{' from ' + prior_ckpt if prior_ckpt else ''}); set resolution to the prior's size"
-            )
-        gcfg = self._generator_config(prior.cfg)
-        self.generator = FaceSwapGenerator(gcfg, prior)
+        self.generator = FaceSwapGenerator(self._generator_config(prior.cfg), prior)
         self.arcface = self._build_id_encoder(_arch_only)
         self.embedder = ArcFaceEmbedder(self.arcface)
         self.discriminator = StyleGAN2Discriminator(prior.cfg)
-        self.components = nn.ModuleDict(
-            {name: FacialComponentDiscriminator(component_width) for name in COMPONENTS}
-            if component_discriminators
-            else {}
-        )
+        names = COMPONENTS if component_discriminators else ()
+        self.components = nn.ModuleDict({n: FacialComponentDiscriminator(component_width) for n in names})
         self.generator_ema = self._build_ema(ema_decay)
         self.id_loss = IdentityLoss(id_weight)
         self.recon_loss = ReconstructionLoss(recon_weight)
@@ -157,8 +147,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.val_scores = SwapScores(self.embedder, self.judge, judge_baselines=False)
         self._grid: Tensor | None = None
         self._id_jitter: nn.Module | None = None
-        self._skipped_total = 0
-        self._skipped_in_row = 0
+        self._skipped_total = self._skipped_in_row = 0
 
     # ------------------------------------------------------------------------------------------- building
     def _generator_config(self, prior: StyleGAN2Config) -> FaceSwapGeneratorConfig:
@@ -179,7 +168,13 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
     def _build_prior(self, arch_only: bool) -> StyleGAN2Generator:
         h = self.hparams
         if h.prior_ckpt and not arch_only:
-            return load_stylegan2(h.prior_ckpt)
+            prior = load_stylegan2(h.prior_ckpt)
+            if prior.cfg.out_size != h.resolution:
+                raise ValueError(
+                    f"FaceSwapModule: resolution {h.resolution} does not match the StyleGAN2 prior "
+                    f"({prior.cfg.out_size} px from {h.prior_ckpt}); set resolution to the prior's size"
+                )
+            return prior
         if not (h.random_prior or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs prior_ckpt (a StyleGAN2 generator in GFPGAN's clean layout, e.g. "
