@@ -248,6 +248,16 @@ def _print_judge_table(results: dict) -> None:
         if f"{prefix}_source_top1" in results:
             cells = "".join(f"{fmt.format(results[f'{prefix}_{key}']):>20s}" for key, _, fmt in cols)
             print(f"  {label:20s}{cells}")
+    fields = [k.removeprefix("judge_transfer_") for k in results if k.startswith("judge_transfer_")]
+    if fields:
+        print("  identity parameters the swaps carry (0: kept the target's, 1: took the source's; the")
+        print("  ground-truth swaps' in brackets):")
+        nan = float("nan")
+        swaps = [results[f"judge_transfer_{f}"] for f in fields]
+        truth = [results.get(f"judge_ground_truth_transfer_{f}", nan) for f in fields]
+        cells = [f"{f} {v:.2f} ({t:.2f})" for f, v, t in zip(fields, swaps, truth, strict=True)]
+        for i in range(0, len(cells), 4):
+            print("    " + "   ".join(f"{c:24s}" for c in cells[i : i + 4]).rstrip())
 
 
 def _write_grid(module, pairs, path: Path, provenance: dict[str, str]) -> None:

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 from repsuite.checkpoints import CheckpointError, file_sha256
 from repsuite.faceswap.arcface import load_arcface
 from repsuite.faceswap.judge import EXPRESSION_SLICE, POSE_SLICE, JudgeView, load_judge
-from repsuite.faceswap.metrics import ArcFaceEmbedder, AttributeDistance, JudgedIdentity
+from repsuite.faceswap.metrics import ArcFaceEmbedder, AttributeDistance, JudgedIdentity, ParameterTransfer
+from repsuite.faceswap.synthetic import IDENTITY_FIELDS
 
 __all__ = ["JudgeScores", "SwapJudge", "check_independent", "open_judge"]
 
@@ -36,6 +37,9 @@ class SwapJudge:
     pose: nn.Module | None = None
     expression: nn.Module | None = None
     name: str = "judge"
+    #: names of the identity reading's dimensions when they are interpretable parameters (a FaceJudge reads
+    #: the renderer's ``IDENTITY_FIELDS``); enables the per-parameter transfer figures
+    identity_fields: tuple[str, ...] | None = None
 
     def modules(self) -> list[nn.Module]:
         """The judge's networks (to move them to a device)."""
@@ -71,7 +75,7 @@ def open_judge(path: str | Path) -> SwapJudge:
             ) from arc_err
         return SwapJudge(_UnitEmbedder(ArcFaceEmbedder(net)), name=f"ArcFace {Path(path).name}")
     views = {v: JudgeView(judge, v) for v in ("identity", "pose", "expression")}
-    return SwapJudge(**views, name=f"FaceJudge {Path(path).name}")
+    return SwapJudge(**views, name=f"FaceJudge {Path(path).name}", identity_fields=IDENTITY_FIELDS)
 
 
 #: The images judged for each pair: the swap and, on pair folders with ground truth, the references.
@@ -86,6 +90,8 @@ class JudgeScores:
         self.identity = {c: JudgedIdentity(judge.identity) for c in _CANDIDATES}
         self.pose = self._distances(judge.pose)
         self.expression = self._distances(judge.expression)
+        fields = judge.identity_fields
+        self.transfer = {c: ParameterTransfer() for c in ("swap", "ground_truth")} if fields else {}
         self.seen: set[str] = set()
 
     @staticmethod
@@ -106,26 +112,33 @@ class JudgeScores:
             ]  # fmt: skip
         for cand, img in images.items():
             self.seen.add(cand)
-            self.identity[cand].update(self.judge.identity(img), src, tgt, *ids, embedded=True)
+            reading = self.judge.identity(img)
+            self.identity[cand].update(reading, src, tgt, *ids, embedded=True)
+            if cand in self.transfer:
+                self.transfer[cand].update(reading, src, tgt)
             for metric, ref in refs:
                 metric[cand].update(img, ref)
 
     def to(self, device: torch.device | str) -> JudgeScores:
         """Move the metric states (the judge itself is moved by its owner)."""
-        for group in (self.identity, self.pose, self.expression):
+        for group in (self.identity, self.pose, self.expression, self.transfer):
             for metric in group.values():
                 metric.to(device)
         return self
 
     def reset(self) -> None:
         """Clear every metric for the next evaluation."""
-        for group in (self.identity, self.pose, self.expression):
+        for group in (self.identity, self.pose, self.expression, self.transfer):
             for metric in group.values():
                 metric.reset()
         self.seen.clear()
 
     def results(self) -> dict[str, float]:
-        """``judge_source_top1`` … for the swaps, ``judge_<candidate>_…`` for the references."""
+        """``judge_source_top1`` … for the swaps, ``judge_<candidate>_…`` for the references.
+
+        With a judge of interpretable parameters also ``judge_transfer_<field>`` (and
+        ``judge_ground_truth_transfer_<field>``): :class:`~repsuite.faceswap.metrics.ParameterTransfer`.
+        """
         out: dict[str, float] = {}
         for cand in (c for c in _CANDIDATES if c in self.seen):
             verdict = self.identity[cand].compute()
@@ -136,6 +149,12 @@ class JudgeScores:
                 out[f"{prefix}_pose_error"] = self.pose[cand].compute().item()
             if self.expression:
                 out[f"{prefix}_expression_error"] = self.expression[cand].compute().item()
+            if cand in self.transfer:
+                values = self.transfer[cand].compute().tolist()
+                out |= {
+                    f"{prefix}_transfer_{f}": v
+                    for f, v in zip(self.judge.identity_fields, values, strict=True)
+                }
         return out
 
 

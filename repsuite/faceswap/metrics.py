@@ -9,6 +9,9 @@ Every metric takes images and a pluggable ``nn.Module`` that turns them into wha
 * :class:`ShapeError` — mean L2 distance between 3DMM shape coefficients of swap and source;
 * :class:`JudgedIdentity` — an independent judge's verdict: % of swaps whose nearest identity (Euclidean,
   over the mean embedding of each identity's sources) is their source's, and % where it is their target's;
+* :class:`ParameterTransfer` — for a judge that reads interpretable identity parameters (the synthetic
+  renderer's), how far each parameter of the swap moved from the target's value to the source's (0: kept
+  the target's, 1: took the source's): which parts of an identity a swap carries and which it leaves;
 * :class:`AttributeDistance` — mean L2 distance between an estimator's attributes (pose, expression) of the
   swap and the target's true attributes (synthetic faces) or the estimator's reading of the target;
 * :class:`EmbeddingFeatures` wraps any embedding model for torchmetrics' ``FrechetInceptionDistance``
@@ -35,6 +38,7 @@ __all__ = [
     "IDCosine",
     "IDRetrieval",
     "JudgedIdentity",
+    "ParameterTransfer",
     "PoseError",
     "ShapeError",
 ]
@@ -242,3 +246,35 @@ class EmbeddingFeatures(nn.Module):
         """(B, 3, H, W) uint8 -> (B, num_features) float64-safe features."""
         x = images.float() / 127.5 - 1 if images.dtype == torch.uint8 else images.float()
         return self.model(x).float()
+
+
+class ParameterTransfer(Metric):
+    """Per identity parameter, how far the swap moved from the target's reading to the source's.
+
+    For each parameter k and pair, ``(swap_k − target_k) / (source_k − target_k)``; ``compute()`` returns
+    the median over the pairs whose source and target differ in k by at least half the median difference
+    (a ratio over a tiny difference is noise), so (K,) with 0 = the target's value kept, 1 = the source's
+    taken. Updated with readings (B, K), e.g. a judge's standardised identity parameters.
+    """
+
+    full_state_update = False
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        for name in ("swap", "source", "target"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
+
+    @torch.no_grad()
+    def update(self, swaps: Tensor, sources: Tensor, targets: Tensor) -> None:
+        """Parameter readings (B, K) of the swaps, their sources and their targets."""
+        self.swap.append(swaps.float())
+        self.source.append(sources.float())
+        self.target.append(targets.float())
+
+    def compute(self) -> Tensor:
+        """(K,) median transfer per parameter (NaN for a parameter no pair tells apart)."""
+        swap, src, tgt = dim_zero_cat(self.swap), dim_zero_cat(self.source), dim_zero_cat(self.target)
+        diff = src - tgt  # (N, K)
+        usable = diff.abs() >= 0.5 * diff.abs().median(dim=0).values  # (N, K)
+        ratio = torch.where(usable, (swap - tgt) / diff.where(usable, torch.ones_like(diff)), torch.nan)
+        return ratio.nanmedian(dim=0).values

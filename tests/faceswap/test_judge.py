@@ -13,7 +13,7 @@ from repsuite.cli import main, run_cli
 from repsuite.faceswap import FaceJudgeDataModule, FaceSwapModule, load_arcface, load_judge
 from repsuite.faceswap.data import FaceImageError, PairFolderDataset
 from repsuite.faceswap.judging import check_independent, open_judge
-from repsuite.faceswap.metrics import AttributeDistance, JudgedIdentity
+from repsuite.faceswap.metrics import AttributeDistance, JudgedIdentity, ParameterTransfer
 from repsuite.faceswap.synthetic import IDENTITY_FIELDS, SyntheticFacesSpec, write_synthetic_faces
 from tests.conftest import ROOT
 
@@ -119,6 +119,20 @@ def test_judged_identity_counts_source_and_target_hits():
     assert dist.compute().item() == pytest.approx(1.0)
 
 
+def test_parameter_transfer_says_which_parameters_a_swap_carries():
+    torch.manual_seed(0)
+    src, tgt = torch.rand(40, 3), torch.rand(40, 3)
+    # parameter 0 fully taken from the source, 1 kept from the target, 2 moved a quarter of the way
+    swap = torch.stack([src[:, 0], tgt[:, 1], tgt[:, 2] + 0.25 * (src[:, 2] - tgt[:, 2])], dim=1)
+    metric = ParameterTransfer()
+    metric.update(swap[:20], src[:20], tgt[:20])
+    metric.update(swap[20:], src[20:], tgt[20:])
+    torch.testing.assert_close(metric.compute(), torch.tensor([1.0, 0.0, 0.25]))
+    same = ParameterTransfer()
+    same.update(tgt, tgt, tgt)  # no pair tells any parameter apart: no figure, not a division by zero
+    assert same.compute().isnan().all()
+
+
 def test_a_judge_is_never_the_training_encoder(trained, tmp_path):
     _, judge_ckpt, idnet_ckpt = trained
     encoder = load_arcface(idnet_ckpt)
@@ -189,6 +203,9 @@ def test_swapper_validation_and_eval_report_the_judge_next_to_the_encoder(faces,
     for prefix in ("judge", "judge_ground_truth", "judge_copy_target", "judge_copy_source"):
         for key in ("source_top1", "target_top1", "pose_error", "expression_error"):
             assert f"{prefix}_{key}" in res
+    assert "identity parameters the swaps carry" in out and "eye_spacing" in out
+    for field in IDENTITY_FIELDS:
+        assert f"judge_transfer_{field}" in res and f"judge_ground_truth_transfer_{field}" in res
     assert (
         main(["faceswap", "eval", str(faces / "pairs"), "--ckpt", str(ckpt), "--id-judge", "nope.ckpt"]) == 1
     )
