@@ -53,6 +53,10 @@ class NLQModelConfig:
         max_text_len: longest token sequence of the token-id text encoder (open_clip's 77).
         npm_normalize: divide segment scores by the clip's largest score before re-weighting (Eq. 2.6);
             the author's release re-weights with the raw scores (off).
+        segment_by: ``"clip"`` splits each clip's own bins into K segments, so a query's answer never
+            depends on the other clips of its batch; ``"batch"`` splits the padded batch length, as the
+            author's release does (reproduces its numbers; a short clip is then cut differently depending
+            on its neighbours and the batch size).
     """
 
     video_dim: int
@@ -71,6 +75,7 @@ class NLQModelConfig:
     max_video_len: int = 600
     max_text_len: int = 77
     npm_normalize: bool = False
+    segment_by: Literal["clip", "batch"] = "clip"
 
 
 @dataclass
@@ -79,6 +84,7 @@ class NLQOutput:
 
     ``start_logits``/``end_logits`` (B, Lv) are masked to −inf at padding; ``highlight`` and ``saliency``
     (B, Lv) are logits; ``npm_scores`` (B, K) are NPM probabilities with ``segment_valid`` (B, K);
+    ``segment_len`` (B,) is the bins per segment of each clip (segment j holds bins [j·len, (j+1)·len));
     ``video_proj`` (B, Lv, C) and ``text_proj`` (B, Lt, C) are L2-normalised contrastive embeddings.
     """
 
@@ -88,7 +94,7 @@ class NLQOutput:
     saliency: Tensor
     npm_scores: Tensor
     segment_valid: Tensor
-    segment_len: int
+    segment_len: Tensor
     video_proj: Tensor
     text_proj: Tensor
 
@@ -96,9 +102,55 @@ class NLQOutput:
 def sine_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
     """DETR-style sine encoding of positions 1..length normalised to (0, 2π], (length, dim)."""
     pos = torch.arange(1, length + 1, device=device, dtype=torch.float32) / length * 2 * math.pi
-    freq = 10000 ** (2 * (torch.arange(dim // 2, device=device, dtype=torch.float32)) / dim)
-    angles = pos[:, None] / freq[None, :]  # (length, dim / 2)
-    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(1).to(dtype)  # (length, dim)
+    return sine_encoding(pos, dim).to(dtype)
+
+
+def sine_encoding(angle: Tensor, dim: int) -> Tensor:
+    """Sine / cosine features of angles (...,) in radians -> (..., dim), DETR's frequencies."""
+    freq = 10000 ** (2 * (torch.arange(dim // 2, device=angle.device, dtype=torch.float32)) / dim)
+    angles = angle.float()[..., None] / freq  # (..., dim / 2)
+    return torch.stack([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # (..., dim)
+
+
+@dataclass
+class SegmentLayout:
+    """Where each clip's bins sit in its K segments (see :func:`segment_layout`).
+
+    ``gather`` (B, K·S) is the bin of each segment slot, ``slot_pad`` (B, K·S) marks empty slots,
+    ``scatter`` (B, Lv) is the slot of each bin, ``length`` (B,) the bins per segment of each clip and
+    ``angle`` (B, K·S) the position angle of each slot, restarting per segment (1..len over (0, 2π]).
+    """
+
+    gather: Tensor
+    slot_pad: Tensor
+    scatter: Tensor
+    length: Tensor
+    angle: Tensor
+
+
+def segment_layout(video_pad: Tensor, k: int, by: Literal["clip", "batch"]) -> SegmentLayout:
+    """Split every clip into ``k`` equal segments of ⌈n / k⌉ bins (fewer segments when n < k).
+
+    ``n`` is the clip's own number of bins (``by="clip"``) or the padded batch length (``by="batch"``, the
+    author's release). Vectorised over the batch: segment slots (B, K, S), S the longest segment.
+    """
+    b, lv = video_pad.shape
+    dev = video_pad.device
+    n = (~video_pad).sum(1) if by == "clip" else torch.full((b,), lv, device=dev)
+    n = n.clamp(min=1)
+    length = torch.div(n + k - 1, k, rounding_mode="floor")  # (B,) ceil(n / k)
+    s = int(length.max())
+    j = torch.arange(k, device=dev)[None, :, None]  # (1, K, 1)
+    i = torch.arange(s, device=dev)[None, None, :]  # (1, 1, S)
+    bins = j * length[:, None, None] + i  # (B, K, S)
+    empty = (i >= length[:, None, None]) | (bins >= n[:, None, None])
+    gather = rearrange(bins.clamp(max=lv - 1), "b k s -> b (k s)")  # (B, K·S)
+    slot_pad = rearrange(empty, "b k s -> b (k s)") | video_pad.gather(1, gather)
+    t = torch.arange(lv, device=dev)[None, :]  # (1, Lv)
+    scatter = (t // length[:, None]) * s + t % length[:, None]  # (B, Lv)
+    angle = (i + 1).float() / length[:, None, None] * 2 * math.pi  # (B, 1, S)
+    angle = rearrange(angle.expand(b, k, s), "b k s -> b (k s)")
+    return SegmentLayout(gather, slot_pad, scatter.clamp(max=k * s - 1), length, angle)
 
 
 class InputProjection(nn.Module):
@@ -349,18 +401,17 @@ class NLQModel(nn.Module):
             )
         lv = video.shape[1]
         k = max(1, min(num_segments, lv))
-        seg = math.ceil(lv / k)
         v = self.video_proj(video)  # (B, Lv, D)
         t = self.encode_text(text, text_pad)  # (B, Lt, D)
         text_embed = t
 
-        # split into K segments of `seg` bins (the batch is padded to K·seg), positions restart per segment
-        extra = k * seg - lv
-        v = F.pad(v, (0, 0, 0, extra))  # (B, K·seg, D)
-        v_pad = F.pad(video_pad, (0, extra), value=True)  # (B, K·seg)
-        v = rearrange(v, "b (k l) d -> (b k) l d", k=k)  # (B·K, seg, D)
-        v_pad_s = rearrange(v_pad, "b (k l) -> (b k) l", k=k)  # (B·K, seg)
-        v = v + sine_positions(seg, v.shape[-1], v.device, v.dtype)
+        # K segments per clip, positions restarting per segment; every segment attends to the query alone
+        lay = segment_layout(video_pad, k, self.cfg.segment_by)
+        d = v.shape[-1]
+        v = v.gather(1, repeat(lay.gather, "b n -> b n d", d=d))  # (B, K·S, D)
+        v = v + sine_encoding(lay.angle, d).to(v.dtype)
+        v = rearrange(v, "b (k s) d -> (b k) s d", k=k)  # (B·K, S, D)
+        v_pad_s = rearrange(lay.slot_pad, "b (k s) -> (b k) s", k=k)  # (B·K, S)
         t_rep = repeat(t, "b lt d -> (b k) lt d", k=k)  # (B·K, Lt, D)
         t_pad_rep = repeat(text_pad, "b lt -> (b k) lt", k=k)  # (B·K, Lt)
         for layer in self.layers:
@@ -372,7 +423,9 @@ class NLQModel(nn.Module):
         if self.cfg.npm_normalize:  # Eq. 2.6: S̄_k = S_k / max(S)
             per_clip = rearrange(npm, "(b k) -> b k", k=k)
             weight = rearrange(per_clip / per_clip.amax(dim=1, keepdim=True).clamp(min=1e-6), "b k -> (b k)")
-        c = rearrange(v * weight[:, None, None], "(b k) l d -> b (k l) d", k=k)[:, :lv]  # (B, Lv, D)
+        c = rearrange(v * weight[:, None, None], "(b k) s d -> b (k s) d", k=k)  # (B, K·S, D)
+        c = c.gather(1, repeat(lay.scatter, "b l -> b l d", d=d))  # (B, Lv, D): back to bin order
+        c = c.masked_fill(video_pad[..., None], 0.0)
         start, end = self.span(c, video_pad)
         return NLQOutput(
             start_logits=start,
@@ -381,7 +434,7 @@ class NLQModel(nn.Module):
             saliency=self.saliency(c).squeeze(-1),  # (B, Lv)
             npm_scores=rearrange(npm, "(b k) -> b k", k=k),
             segment_valid=~rearrange(v_pad_s.all(dim=1), "(b k) -> b k", k=k),
-            segment_len=seg,
+            segment_len=lay.length,
             video_proj=F.normalize(self.video_contrast(c), dim=-1),  # (B, Lv, C)
             text_proj=F.normalize(self.text_contrast(text_embed), dim=-1),  # (B, Lt, C)
         )

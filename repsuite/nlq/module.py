@@ -36,8 +36,8 @@ class NLQModule(ExactResumeMixin, LightningModule):
             0.1, 0.5).
         attention: ``"cross"`` (thesis) or ``"self"`` (Moment-DETR-style variant of Table 2.1).
         scales: K values; one is drawn per training batch.
-        max_video_len, text_encoder_layers, span_layers, contrast_dim, npm_normalize: see
-            :class:`NLQModelConfig`.
+        max_video_len, text_encoder_layers, span_layers, contrast_dim, npm_normalize, segment_by: see
+            :class:`NLQModelConfig` (``segment_by="batch"`` reproduces the release's batch-dependent split).
         span_weight, highlight_weight, saliency_weight, npm_weight, contrastive_weight: loss weights (0 turns
             a term off, e.g. ``contrastive_weight=0`` for "Ours-base").
         temperature: contrastive τ.
@@ -66,6 +66,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
         span_layers: int = 4,
         contrast_dim: int = 64,
         npm_normalize: bool = False,
+        segment_by: Literal["clip", "batch"] = "clip",
         span_weight: float = 1.0,
         highlight_weight: float = 20.0,
         saliency_weight: float = 1.0,

@@ -57,7 +57,7 @@ def _out(b=2, lv=10, k=2, seg=5, lt=4, c=8):
         saliency=torch.randn(b, lv).requires_grad_(True),
         npm_scores=torch.rand(b, k).requires_grad_(True),
         segment_valid=torch.ones(b, k, dtype=torch.bool),
-        segment_len=seg,
+        segment_len=torch.full((b,), seg),
         video_proj=torch.nn.functional.normalize(torch.randn(b, lv, c), dim=-1),
         text_proj=torch.nn.functional.normalize(torch.randn(b, lt, c), dim=-1),
     )

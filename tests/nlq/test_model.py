@@ -1,7 +1,10 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
 from repsuite.nlq.model import NLQModel, NLQModelConfig, sine_positions
+from tests.conftest import ROOT
 
 SMALL = {
     "hidden": 32,
@@ -34,7 +37,8 @@ def test_shapes_and_padding(attention, k):
     out = model(video, vpad, text, tpad, num_segments=k)
     assert out.start_logits.shape == (3, 40) and out.end_logits.shape == (3, 40)
     assert out.highlight.shape == (3, 40) and out.saliency.shape == (3, 40)
-    assert out.npm_scores.shape == (3, k) and out.segment_len == -(-40 // k)
+    assert out.npm_scores.shape == (3, k)
+    assert out.segment_len.tolist() == [-(-40 // k), -(-30 // k), -(-40 // k)]  # each clip's own bins
     assert out.video_proj.shape == (3, 40, 8) and out.text_proj.shape == (3, 9, 8)
     assert torch.isfinite(out.start_logits[~vpad]).all()
     assert (out.start_logits[1, 30:] < -1e30).all()  # padding can never be chosen
@@ -104,3 +108,48 @@ def test_npm_normalisation_scales_segments_by_the_best_one():
     a, b = raw(video, vpad, text, tpad, 3), norm(video, vpad, text, tpad, 3)
     torch.testing.assert_close(a.npm_scores, b.npm_scores)  # same scores, different re-weighting
     assert not torch.allclose(a.highlight, b.highlight)
+
+
+def test_batch_segmentation_reproduces_the_release_split():
+    """``segment_by="batch"`` gives what the release-style split (the padded batch cut into K) gave before
+    the per-clip split existed: reference outputs written by that implementation, same seed and inputs."""
+    ref = torch.load(ROOT / "tests/data/nlq_reference/segment_by_batch.pt", weights_only=True)
+    torch.manual_seed(0)
+    model = NLQModel(NLQModelConfig(video_dim=24, segment_by="batch", **SMALL)).eval()
+    video, vpad, text, tpad = _batch()
+    for k, want in ref.items():
+        with torch.no_grad():
+            out = model(video, vpad, text, tpad, num_segments=k)
+        for name, value in want.items():
+            torch.testing.assert_close(getattr(out, name), value, msg=f"K={k} {name}")
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_a_clips_prediction_never_depends_on_its_batch(k):
+    model = NLQModel(NLQModelConfig(video_dim=24, **SMALL)).eval()
+    video, vpad, text, tpad = _batch()  # clip 1 has 30 bins, padded to 40 by its neighbours
+    with torch.no_grad():
+        together = model(video, vpad, text, tpad, num_segments=k)
+        alone = model(video[1:2, :30], vpad[1:2, :30], text[1:2], tpad[1:2], num_segments=k)
+        batch_mode = NLQModel(replace(model.cfg, segment_by="batch"))
+        batch_mode.load_state_dict(model.state_dict())
+        shared = batch_mode.eval()(video, vpad, text, tpad, num_segments=k)
+        own = batch_mode(video[1:2, :30], vpad[1:2, :30], text[1:2], tpad[1:2], num_segments=k)
+    for name in ("start_logits", "end_logits", "highlight", "saliency"):
+        torch.testing.assert_close(getattr(together, name)[1:2, :30], getattr(alone, name), msg=name)
+    torch.testing.assert_close(together.npm_scores[1:2], alone.npm_scores)
+    if k > 1:  # the release's split cuts the short clip by the batch's length, so its answer moves
+        assert not torch.allclose(shared.start_logits[1:2, :30], own.start_logits, atol=1e-4)
+
+
+def test_segment_layout_covers_every_bin_once():
+    from repsuite.nlq.model import segment_layout
+
+    vpad = torch.zeros(2, 10, dtype=torch.bool)
+    vpad[1, 7:] = True
+    lay = segment_layout(vpad, 3, "clip")
+    assert lay.length.tolist() == [4, 3]  # ceil(10 / 3), ceil(7 / 3)
+    for b, n in ((0, 10), (1, 7)):
+        used = lay.gather[b][~lay.slot_pad[b]]
+        assert sorted(used.tolist()) == list(range(n))  # each real bin in exactly one slot
+        assert (lay.gather[b][lay.scatter[b, :n]] == torch.arange(n)).all()  # and found again

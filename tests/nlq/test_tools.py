@@ -92,6 +92,52 @@ def test_predict_with_submission_writer_equals_submit(checkpoint, tmp_path, in_t
     assert via_predict.read_bytes() == via_submit.read_bytes()
 
 
+def _predict(checkpoint, out, *extra):
+    args = ["predict", "--config", DEMO, f"--data.root={DATA}", "--data.predict_split=val", *extra]
+    args += [f"--ckpt_path={checkpoint}", "--trainer.logger=false", "--trainer.enable_progress_bar=false"]
+    args += ["--trainer.callbacks+=SubmissionWriter", f"--trainer.callbacks.output={out}"]
+    run_cli(args)
+    return json.loads(out.read_text())["results"]
+
+
+def _largest_score_change(a: list[dict], b: list[dict]) -> float:
+    assert [e["annotation_uid"] for e in a] == [e["annotation_uid"] for e in b]
+    pairs = [
+        (x, y) for ea, eb in zip(a, b, strict=True) for x, y in zip(ea["scores"], eb["scores"], strict=True)
+    ]
+    return max(abs(x - y) / abs(y) for x, y in pairs)
+
+
+def test_a_submission_never_depends_on_the_batch_size(checkpoint, tmp_path, in_tmp):
+    """The val clips differ in length (67 and 60 bins): split per clip (the default), a clip alone or padded
+    next to the other gets the same windows and the same scores (to float32 rounding: BLAS sums in another
+    order for another batch shape)."""
+    alone = _predict(checkpoint, tmp_path / "b1.json", "--data.eval_batch_size=1")
+    together = _predict(checkpoint, tmp_path / "b16.json", "--data.eval_batch_size=16")
+    assert [e["predicted_times"] for e in alone] == [e["predicted_times"] for e in together]
+    assert _largest_score_change(alone, together) < 1e-5
+
+
+@pytest.mark.parametrize("segment_by", ["clip", "batch"])
+def test_the_release_split_moves_a_short_clips_answer_with_its_batch(checkpoint, segment_by):
+    """``segment_by=batch`` (the release) cuts the 60-bin clip by its 67-bin neighbour's length."""
+    from lightning.pytorch import Trainer
+
+    from repsuite.nlq import Ego4DNLQDataModule, NLQModule
+
+    module = NLQModule.load_from_checkpoint(checkpoint, segment_by=segment_by, weights_only=True)
+    runs = []
+    for size in (1, 16):
+        dm = Ego4DNLQDataModule(
+            root=str(DATA), features=["slowfast8x8_r101_k400", "clip_vitb16"], text="tokens",
+            max_video_len=256, predict_split="val", eval_batch_size=size,
+        )  # fmt: skip
+        trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        runs.append([e for batch in trainer.predict(module, dm) for e in batch])
+    change = _largest_score_change(*runs)
+    assert change < 1e-5 if segment_by == "clip" else change > 1e-3
+
+
 def test_submit_rejects_unknown_data_option(checkpoint, tmp_path, capsys):
     code = main(["nlq", "submit", str(checkpoint), "-o", str(tmp_path / "x.json"), "--data.rooot=/x"])
     assert code == 1 and "Option 'rooot' is not accepted" in capsys.readouterr().err
