@@ -39,6 +39,9 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         input_size: ArcFace crop size (112 as published; 64 makes CPU demos ~3× cheaper).
         crop_zoom: template zoom of the crop (1 as published: the inner face; < 1 also shows hair and the
             face outline, which a swapper trained against this encoder can then transfer).
+        augment: training faces are randomly flipped and shifted / scaled by up to this fraction (0: none).
+            An encoder that must recognise a face however it is framed answers a swapper's identity loss
+            with gradients about the face, not about its exact pixels.
     """
 
     def __init__(
@@ -53,12 +56,14 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         dropout: float = 0.0,
         input_size: int = 112,
         crop_zoom: float = 1.0,
+        augment: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.backbone = iresnet(depth, num_features, dropout, input_size)
         self.backbone.crop_zoom = crop_zoom
         self.head: ArcMarginHead | None = None
+        self._augment: torch.nn.Module | None = None
         if num_classes is not None:
             self._build_head(num_classes)
 
@@ -94,9 +99,24 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         h = self.hparams
         return self.backbone(to_arcface_input(faces, size=h.input_size, zoom=h.crop_zoom))
 
+    def _augmented(self, faces: torch.Tensor) -> torch.Tensor:
+        a = self.hparams.augment
+        if not a:
+            return faces
+        if self._augment is None:
+            import kornia.augmentation as K
+
+            self._augment = torch.nn.Sequential(
+                K.RandomHorizontalFlip(),
+                K.RandomAffine(
+                    degrees=0.0, translate=(a, a), scale=(1 - a, 1 + a), p=1.0, padding_mode="border"
+                ),
+            )
+        return self._augment(faces.float()).to(faces.dtype)
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Margin cross-entropy."""
-        logits = self.head(self(batch["image"]), batch["label"])
+        """Margin cross-entropy (on augmented faces when ``augment``)."""
+        logits = self.head(self(self._augmented(batch["image"])), batch["label"])
         loss = F.cross_entropy(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))
         return loss

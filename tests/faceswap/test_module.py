@@ -306,13 +306,15 @@ def test_identity_module_from_python_saves_its_head_size(faces, tmp_path):
     from repsuite.faceswap import FaceIdentityDataModule, IdentityModule
 
     dm = FaceIdentityDataModule(vggface2_root=str(faces / "vggface2_hq"), resolution=32, batch_size=4)
-    module = IdentityModule(input_size=32)
+    module = IdentityModule(input_size=32, augment=0.05)
     trainer = Trainer(
         accelerator="cpu", max_steps=1, limit_val_batches=0, default_root_dir=tmp_path, logger=False,
         enable_progress_bar=False, enable_model_summary=False,
     )  # fmt: skip
     trainer.fit(module, dm)
     assert module.hparams.num_classes is None  # the hyper-parameters keep what was given
+    faces = torch.rand(4, 3, 32, 32) * 2 - 1
+    assert module._augmented(faces).shape == faces.shape and not torch.equal(module._augmented(faces), faces)
     ckpt = next(tmp_path.glob("**/*.ckpt"))
     reloaded = IdentityModule.load_from_checkpoint(ckpt, weights_only=True)
     assert reloaded.head.weight.shape[0] == dm.num_classes
