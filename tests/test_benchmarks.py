@@ -2,9 +2,11 @@
 
 import json
 import subprocess
+import sys
 
 import pytest
 
+from repsuite.cli import run_cli
 from tests.conftest import PYTHON, ROOT, subprocess_env
 
 
@@ -56,3 +58,16 @@ def test_nlq_benchmarks_run(tmp_path, script, args, expect):
     assert res.returncode == 0, res.stderr[-2000:]
     assert expect in res.stdout
     assert json.loads(out.read_text())
+
+
+def test_every_ablation_row_parses_through_the_cli(capsys):
+    """Each Table 2.1 row's options are real options of the demo recipe (a typo would fail at parse time)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from nlq_ablation import ROWS
+    finally:
+        sys.path.pop(0)
+    for _, args in ROWS.values():
+        with pytest.raises(SystemExit) as exc:
+            run_cli(["fit", "--config", str(ROOT / "configs/nlq/demo.yaml"), *args, "--print_config"])
+        assert exc.value.code == 0, capsys.readouterr().err

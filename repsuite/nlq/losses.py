@@ -8,6 +8,7 @@ Defaults follow the author's release (shared/reference/nlq.md §3.1): span CE 1,
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -79,17 +80,30 @@ class SaliencyLoss(nn.Module):
 
 
 class NPMLoss(nn.Module):
-    """Weighted BCE of segment scores; positive iff the GT start or end bin is in the segment (Eq. 2.5)."""
+    """Weighted BCE of segment scores (Eq. 2.5).
 
-    def __init__(self, weight: float = 1.0, pos_weight: float = 2.0) -> None:
+    Args:
+        weight: the term's weight.
+        pos_weight: weight of positive segments.
+        label: ``"overlap"``: a segment is positive when it intersects the answer (the thesis: "Y is 1 if the
+            k-th video segment has an intersection with the target moment span"); ``"start_end"``: only the
+            segments holding the answer's start or end bin (the author's release), so the middle of a long
+            answer is labelled negative and, since features are re-weighted by the score, suppressed.
+    """
+
+    def __init__(
+        self, weight: float = 1.0, pos_weight: float = 2.0, label: Literal["overlap", "start_end"] = "overlap"
+    ) -> None:
         super().__init__()
-        self.weight, self.pos_weight = weight, pos_weight
+        self.weight, self.pos_weight, self.label = weight, pos_weight, label
 
     def forward(self, out: NLQOutput, start: Tensor, end: Tensor, video_pad: Tensor) -> Tensor:
-        """Mean over valid segments."""
+        """Mean over valid segments; ``start``/``end`` (B,) answer bins, segments of ``out.segment_len``."""
         k = out.npm_scores.shape[1]
         seg = torch.arange(k, device=start.device)[None, :]  # (1, K)
-        target = ((start // out.segment_len)[:, None] == seg) | ((end // out.segment_len)[:, None] == seg)
+        first = (start // out.segment_len)[:, None]  # (B, 1) segment of the start bin
+        last = (end // out.segment_len)[:, None]  # (B, 1) segment of the end bin
+        target = (seg >= first) & (seg <= last) if self.label == "overlap" else (seg == first) | (seg == last)
         target = target.float()
         w = (1.0 + (self.pos_weight - 1.0) * target) * out.segment_valid.float()
         p = out.npm_scores.clamp(1e-6, 1 - 1e-6)
@@ -137,12 +151,13 @@ class NLQLoss(nn.Module):
         highlight_extend: float = 0.1,
         saliency_margin: float = 0.2,
         temperature: float = 0.07,
+        npm_label: Literal["overlap", "start_end"] = "overlap",
     ) -> None:
         super().__init__()
         self.span = SpanLoss(span)
         self.highlight = HighlightLoss(highlight, highlight_extend)
         self.saliency = SaliencyLoss(saliency, saliency_margin)
-        self.npm = NPMLoss(npm)
+        self.npm = NPMLoss(npm, label=npm_label)
         self.contrastive = ContrastiveLoss(contrastive, temperature)
 
     def forward(self, out: NLQOutput, batch: dict) -> dict[str, Tensor]:

@@ -40,6 +40,8 @@ class NLQModule(ExactResumeMixin, LightningModule):
             :class:`NLQModelConfig` (``segment_by="batch"`` reproduces the release's batch-dependent split).
         span_weight, highlight_weight, saliency_weight, npm_weight, contrastive_weight: loss weights (0 turns
             a term off, e.g. ``contrastive_weight=0`` for "Ours-base").
+        npm_label: which segments the NPM learns to call positive: ``"overlap"`` (Eq. 2.5, those intersecting
+            the answer) or ``"start_end"`` (the author's release: those holding its start or end bin).
         temperature: contrastive τ.
         lr, weight_decay: AdamW.
         top_k: windows kept per query.
@@ -71,6 +73,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
         highlight_weight: float = 20.0,
         saliency_weight: float = 1.0,
         npm_weight: float = 1.0,
+        npm_label: Literal["overlap", "start_end"] = "overlap",
         contrastive_weight: float = 1.0,
         temperature: float = 0.07,
         lr: float = 1e-4,
@@ -91,6 +94,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
             npm_weight,
             contrastive_weight,
             temperature=temperature,
+            npm_label=npm_label,
         )
         self.val_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)
         self.test_metric = NLQRecall((0.3, 0.5), (1, 5), deduplicate=True)

@@ -77,6 +77,17 @@ def test_npm_labels_follow_start_and_end_segments():
     assert loss.item() == pytest.approx(expected, abs=1e-4)
 
 
+def test_npm_labels_every_segment_the_answer_overlaps_unless_told_the_release_rule():
+    out = _out(b=1, lv=20, k=4, seg=5)
+    eps = 1e-6
+    out.npm_scores = torch.tensor([[eps, 1 - eps, 1 - eps, 1 - eps]])  # says: segments 1-3 hold the answer
+    start, end, pad = torch.tensor([6]), torch.tensor([17]), torch.zeros(1, 20, dtype=torch.bool)
+    assert NPMLoss()(out, start, end, pad).item() < 1e-4  # Eq. 2.5: 1, 2 and 3 intersect bins 6-17
+    # the release labels only the start (1) and end (3) segments: segment 2, inside the answer, is "wrong"
+    release = NPMLoss(label="start_end")(out, start, end, pad).item()
+    assert release == pytest.approx(-math.log(eps) / (1 + 2 + 1 + 2), rel=1e-3)
+
+
 def test_contrastive_loss_prefers_aligned_frames():
     out = _out(b=1, lv=6, lt=1, c=2)
     text = torch.tensor([[[1.0, 0.0]]])
