@@ -116,6 +116,7 @@ class Ego4DNLQDataset(Dataset):
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._cache_size = cache_clips
         self._tokenizer: Any = None
+        self._donors: tuple[int, list[str]] | None = None
 
     def __len__(self) -> int:
         return len(self.queries)
@@ -198,9 +199,19 @@ class Ego4DNLQDataset(Dataset):
         log.warning("%s: skipped %s; %d queries remain", self.annotations.path, counts, len(self.queries))
         return counts
 
+    def donor_clips(self) -> list[str]:
+        """Clips video splicing may draw from: those of the kept queries.
+
+        Their files are the ones :meth:`check_files` checked; a clip without queries, or one dropped for
+        its files, is never read in the middle of an epoch.
+        """
+        if self._donors is None or self._donors[0] != len(self.queries):
+            self._donors = (len(self.queries), sorted({q.clip_uid for q in self.queries}))
+        return self._donors[1]
+
     def random_clip_rows(self) -> Tensor:
-        """Rows of a random clip of this dataset (the donor clip for video splicing)."""
-        clip_uids = list(self.annotations.clips)
+        """Rows of a random donor clip (:meth:`donor_clips`) for video splicing."""
+        clip_uids = self.donor_clips()
         return self.clip_rows(clip_uids[int(torch.randint(len(clip_uids), ()))])
 
     def text_path(self, query: NLQQuery) -> Path:

@@ -108,6 +108,13 @@ def test_missing_feature_files_fail_early_or_are_skipped_with_counts(tmp_path, c
     assert "neither" in caplog.text and "skipped" in caplog.text
     for i in range(len(ds)):  # no crash in the middle of an epoch
         ds[i]
+    # video splicing draws donors only from clips whose files were checked: never the dropped one
+    assert ds.donor_clips() and all(
+        ds.annotations.clips[c].video_uid != train_video.stem for c in ds.donor_clips()
+    )
+    torch.manual_seed(0)
+    for _ in range(50):
+        ds.random_clip_rows()
 
 
 def test_row_mismatch_is_found_before_training(tmp_path):
