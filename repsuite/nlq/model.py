@@ -239,12 +239,14 @@ class SelfAttentionLayer(nn.Module):
 class TokenTextEncoder(nn.Module):
     """Trainable text encoder over BPE token ids, for users without CLIP weights.
 
-    Token embedding + learned positions + a small transformer encoder.
+    Token embedding + learned positions + a small transformer encoder. Padded positions are masked by
+    ``pad`` wherever text is read, so no id is reserved for padding: id 0 is a real token of CLIP's BPE
+    vocabulary ("!"), and ``padding_idx=0`` would have frozen its embedding at zero.
     """
 
     def __init__(self, cfg: NLQModelConfig) -> None:
         super().__init__()
-        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden, padding_idx=0)
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.pos = nn.Parameter(torch.zeros(cfg.max_text_len, cfg.hidden))
         nn.init.normal_(self.pos, std=0.02)
         self.layers = nn.ModuleList(

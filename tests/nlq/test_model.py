@@ -153,3 +153,16 @@ def test_segment_layout_covers_every_bin_once():
         used = lay.gather[b][~lay.slot_pad[b]]
         assert sorted(used.tolist()) == list(range(n))  # each real bin in exactly one slot
         assert (lay.gather[b][lay.scatter[b, :n]] == torch.arange(n)).all()  # and found again
+
+
+def test_token_zero_is_a_real_token_that_learns():
+    """Id 0 is "!" in CLIP's BPE vocabulary: its embedding must get gradients (no padding_idx)."""
+    import open_clip
+
+    assert open_clip.get_tokenizer("ViT-B-16").decoder[0] == "!"
+    model = NLQModel(NLQModelConfig(video_dim=24, **SMALL))
+    video, vpad, text, tpad = _batch()
+    text[0, 1] = 0  # a question with "!" in it
+    out = model(video, vpad, text, tpad, num_segments=2)
+    (out.start_logits.masked_fill(vpad, 0).sum() + out.text_proj.sum()).backward()
+    assert model.text_encoder.embed.weight.grad[0].abs().sum() > 0
