@@ -30,6 +30,7 @@ __all__ = [
     "NLQClip",
     "NLQQuery",
     "load_nlq_annotations",
+    "merge_annotations",
     "normalize_question",
     "parse_nlq_annotations",
 ]
@@ -279,6 +280,39 @@ def parse_nlq_annotations(
     result = NLQAnnotations(source, version, clips, queries, num_raw, counts.dropped, counts.notes)
     log.info(result.summary())
     return result
+
+
+def merge_annotations(parts: list[NLQAnnotations]) -> NLQAnnotations:
+    """One training set from several parsed files (e.g. train + val for a test-server entry).
+
+    Raises:
+        NLQAnnotationError: a clip that appears in two files (the splits of one release never share clips;
+            merging two releases' files would count its queries twice).
+    """
+    if len(parts) == 1:
+        return parts[0]
+    clips: dict[str, NLQClip] = {}
+    for part in parts:
+        shared = clips.keys() & part.clips.keys()
+        if shared:
+            raise NLQAnnotationError(
+                f"{part.path}: clip {sorted(shared)[0]} is also in an earlier training file; the merged "
+                "training splits must not share clips"
+            )
+        clips |= part.clips
+    return NLQAnnotations(
+        path=" + ".join(p.path for p in parts), version=parts[0].version, clips=clips,
+        queries=[q for p in parts for q in p.queries], num_raw_queries=sum(p.num_raw_queries for p in parts),
+        dropped=_sum_counts([p.dropped for p in parts]), notes=_sum_counts([p.notes for p in parts]),
+    )  # fmt: skip
+
+
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for c in counts:
+        for key, n in c.items():
+            out[key] = out.get(key, 0) + n
+    return out
 
 
 def load_nlq_annotations(

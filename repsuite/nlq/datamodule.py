@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch import LightningDataModule
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.utils.data import DataLoader
 
-from repsuite.nlq.annotations import load_nlq_annotations
+from repsuite.nlq.annotations import load_nlq_annotations, merge_annotations
 from repsuite.nlq.clip_text import (
     ClipTextTower,
     cache_matches,
@@ -65,6 +65,8 @@ class Ego4DNLQDataModule(LightningDataModule):
         batch_size: training batch size (32 in the thesis).
         eval_batch_size: validation/test/predict batch size.
         num_workers: DataLoader workers.
+        train_splits: annotation splits trained on, merged (``[train]``; ``[train, val]`` for a test-server
+            entry, as challenge entries and the thesis's do; see ``configs/nlq/test_server.yaml``).
         val_split: annotation split used for validation.
         test_split: annotation split used by ``test`` (needs ground truth, so ``val`` by default).
         predict_split: annotation split used by ``predict`` (the unannotated test file by default).
@@ -91,6 +93,7 @@ class Ego4DNLQDataModule(LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         num_workers: int = 0,
+        train_splits: list[Literal["train", "val"]] | None = None,
         val_split: Literal["train", "val", "test"] = "val",
         test_split: Literal["train", "val", "test"] = "val",
         predict_split: Literal["train", "val", "test"] = "test",
@@ -149,16 +152,24 @@ class Ego4DNLQDataModule(LightningDataModule):
         path = self.base / "annotations" / SPLIT_FILES[self.hparams.predict_split]
         return path if self.hparams.predict_split != "test" and path.exists() else None
 
+    @property
+    def train_splits(self) -> list[str]:
+        """The annotation splits merged into the training set."""
+        return list(self.hparams.train_splits or ["train"])
+
     def dataset(self, split: str) -> Ego4DNLQDataset:
-        """The dataset of one annotation split (built once)."""
+        """The dataset of one annotation split (built once); ``"train"`` merges :attr:`train_splits`."""
         if split not in self.datasets:
-            path = self.base / "annotations" / SPLIT_FILES[split]
             train = split == "train"
-            ann = load_nlq_annotations(
-                path,
-                drop_zero_length=train and self.hparams.drop_zero_length_train,
-                drop_empty_query=train and self.hparams.drop_empty_query_train,
-            )
+            parts = [
+                load_nlq_annotations(
+                    self.base / "annotations" / SPLIT_FILES[name],
+                    drop_zero_length=train and self.hparams.drop_zero_length_train,
+                    drop_empty_query=train and self.hparams.drop_empty_query_train,
+                )
+                for name in (self.train_splits if train else [split])
+            ]
+            ann = merge_annotations(parts)
             rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
             text_dir = self.base / self.text_features if self.text_features else None
             transform = self.train_transform() if train else None
@@ -211,6 +222,11 @@ class Ego4DNLQDataModule(LightningDataModule):
         if stage == "fit":
             self.dataset("train")
             self.dataset(self.hparams.val_split)
+            if self.hparams.val_split in self.train_splits:
+                rank_zero_warn(
+                    f"Ego4DNLQDataModule: val_split {self.hparams.val_split!r} is also trained on "
+                    f"(train_splits={self.train_splits}); validation figures are not held out"
+                )
         elif stage == "validate":
             self.dataset(self.hparams.val_split)
         elif stage == "test":

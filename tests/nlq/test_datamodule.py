@@ -160,3 +160,29 @@ def test_str_does_not_build_datasets():
     """jsonargparse calls str() on the DataModule while linking arguments, before prepare_data has run."""
     dm = Ego4DNLQDataModule(DATA, features=FEATS)
     assert "Ego4DNLQDataModule" in str(dm) and dm.datasets == {}
+
+
+def test_train_splits_merge_train_and_val_for_a_test_server_entry(in_tmp):
+    one = Ego4DNLQDataModule(DATA, features=FEATS).dataset("train")
+    val = Ego4DNLQDataModule(DATA, features=FEATS).dataset("val")
+    dm = Ego4DNLQDataModule(DATA, features=FEATS, train_splits=["train", "val"])
+    with pytest.warns(UserWarning, match="validation figures are not held out"):
+        dm.setup("fit")
+    merged = dm.dataset("train")
+    assert [q.key for q in merged.queries] == [q.key for q in one.queries] + [q.key for q in val.queries]
+    assert set(merged.donor_clips()) == set(one.donor_clips()) | set(val.donor_clips())
+    from repsuite.nlq.annotations import NLQAnnotationError, merge_annotations
+
+    with pytest.raises(
+        NLQAnnotationError, match=r"nlq_train\.json: clip .* is also in an earlier training file"
+    ):
+        merge_annotations([one.annotations, one.annotations])
+    from repsuite.cli import run_cli
+
+    cli = run_cli(
+        ["fit", "--config", str(ROOT / "configs/nlq/demo.yaml"), f"--data.root={DATA}",
+         "--data.train_splits=[train, val]", "--trainer.max_epochs=1", "--trainer.limit_val_batches=0",
+         "--trainer.enable_progress_bar=false", "--trainer.logger=false"]
+    )  # fmt: skip
+    assert len(cli.datamodule.dataset("train")) == len(one) + len(val)
+    assert cli.trainer.state.finished
