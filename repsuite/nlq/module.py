@@ -48,7 +48,10 @@ class NLQModule(ExactResumeMixin, LightningModule):
         max_span: optional cap on window length in bins.
         inference_scales: K values pooled at inference (default: ``scales``).
         deduplicate: drop identical windows when pooling scales.
-        nms_iou: optional temporal NMS threshold when pooling scales.
+        nms_iou: temporal NMS threshold when pooling scales (0.5): the top-k are distinct answers. None is
+            the author's release (plain pooling by score; its five windows are often near-copies of one).
+        candidates_per_scale: (start, end) pairs each scale proposes before pooling (default: 4·top_k with
+            NMS, so enough survive it; top_k without, as the release).
     """
 
     def __init__(
@@ -82,7 +85,8 @@ class NLQModule(ExactResumeMixin, LightningModule):
         max_span: int | None = None,
         inference_scales: tuple[int, ...] | None = None,
         deduplicate: bool = False,
-        nms_iou: float | None = None,
+        nms_iou: float | None = 0.5,
+        candidates_per_scale: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -152,29 +156,24 @@ class NLQModule(ExactResumeMixin, LightningModule):
     def predict_windows(
         self, batch: dict[str, Any], outputs: dict[int, NLQOutput] | None = None
     ) -> tuple[Tensor, Tensor]:
-        """Ranked windows in seconds (B, top_k, 2) and scores (B, top_k), pooled over inference scales."""
-        scales = list(self.hparams.inference_scales or self.hparams.scales)
+        """Ranked windows in seconds (B, top_k, 2) and scores (B, top_k), pooled over inference scales.
+
+        Each scale proposes its best (start, end) pairs; the pool is ranked by score and, with ``nms_iou``,
+        thinned by temporal NMS so the top-k are different answers, not near-copies of the best one.
+        """
+        h = self.hparams
+        per_scale = h.candidates_per_scale or (4 * h.top_k if h.nms_iou is not None else h.top_k)
         cands, scores = [], []
-        for k in scales:
+        for k in list(h.inference_scales or h.scales):
             out = outputs[k] if outputs and k in outputs else self._forward(batch, k)
-            s, e, p = joint_topk(
-                out.start_logits,
-                out.end_logits,
-                batch["video_padding_mask"],
-                self.hparams.top_k,
-                self.hparams.max_span,
-            )
-            cands.append(torch.stack([s, e], dim=-1).to(torch.float64))
+            s, e, p = joint_topk(out.start_logits, out.end_logits, batch["video_padding_mask"], per_scale,
+                                 h.max_span)  # fmt: skip
+            cands.append(torch.stack([s, e + 1], dim=-1).to(torch.float64))  # half-open bins: IoU in bins
             scores.append(p.to(torch.float64))
-        bins, score = merge_candidates(
-            torch.cat(cands, 1),
-            torch.cat(scores, 1),
-            self.hparams.top_k,
-            self.hparams.deduplicate,
-            self.hparams.nms_iou,
-        )
+        bins, score = merge_candidates(torch.cat(cands, 1), torch.cat(scores, 1), h.top_k, h.deduplicate,
+                                       h.nms_iou)  # fmt: skip
         n = batch["num_bins"].to(torch.float64)[:, None]
-        windows = bins_to_seconds(bins[..., 0], bins[..., 1], batch["duration"][:, None], n)  # (B, k, 2)
+        windows = bins_to_seconds(bins[..., 0], bins[..., 1] - 1, batch["duration"][:, None], n)  # (B, k, 2)
         return windows, score
 
     def _eval_step(self, batch: dict[str, Any], metric: NLQRecall, prefix: str) -> None:

@@ -138,6 +138,31 @@ def test_the_release_split_moves_a_short_clips_answer_with_its_batch(checkpoint,
     assert change < 1e-5 if segment_by == "clip" else change > 1e-3
 
 
+def _iou(a, b):
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    return inter / (max(a[1], b[1]) - min(a[0], b[0]))
+
+
+@pytest.mark.parametrize("nms_iou", [0.5, None])
+def test_top_five_are_distinct_answers_unless_asked_for_plain_pooling(checkpoint, nms_iou):
+    from lightning.pytorch import Trainer
+
+    from repsuite.nlq import Ego4DNLQDataModule, NLQModule
+
+    module = NLQModule.load_from_checkpoint(checkpoint, nms_iou=nms_iou, weights_only=True)
+    dm = Ego4DNLQDataModule(root=str(DATA), features=["slowfast8x8_r101_k400", "clip_vitb16"], text="tokens",
+                            max_video_len=256, predict_split="val")  # fmt: skip
+    trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+    entries = [e for batch in trainer.predict(module, dm) for e in batch]
+    overlaps = [_iou(a, b) for e in entries for i, a in enumerate(e["predicted_times"])
+                for b in e["predicted_times"][i + 1 :]]  # fmt: skip
+    assert all(len(e["predicted_times"]) == 5 for e in entries)
+    if nms_iou is not None:
+        assert max(overlaps) <= nms_iou
+    else:  # the release's pooling: the undertrained model's five windows share a start (see the issue)
+        assert max(overlaps) > 0.5
+
+
 def test_submit_rejects_unknown_data_option(checkpoint, tmp_path, capsys):
     code = main(["nlq", "submit", str(checkpoint), "-o", str(tmp_path / "x.json"), "--data.rooot=/x"])
     assert code == 1 and "Option 'rooot' is not accepted" in capsys.readouterr().err
