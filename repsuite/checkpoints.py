@@ -17,12 +17,14 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from repsuite.errors import InputError
+
 __all__ = ["CheckpointError", "check_keys", "file_sha256", "read_state_dict"]
 
 WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A weights file that cannot be read or does not match the model; the message names the file."""
 
 

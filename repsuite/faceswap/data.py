@@ -29,6 +29,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from repsuite.errors import InputError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "FaceImage",
@@ -46,7 +48,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
 
-class FaceImageError(ValueError):
+class FaceImageError(InputError):
     """An image that cannot be used as an aligned RGB face; the message names the file."""
 
 

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repsuite.errors import InputError
+
 __all__ = [
     "NLQAnnotationError",
     "NLQAnnotations",
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 ZERO_LENGTH_SEC = 1.0 / 30.0
 
 
-class NLQAnnotationError(ValueError):
+class NLQAnnotationError(InputError):
     """An annotation file that does not follow the NLQ schema; the message names the file and field."""
 
 

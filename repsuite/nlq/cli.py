@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from repsuite._version import __version__
-from repsuite.nlq.evaluation import SubmissionError, evaluate_nlq, format_table, load_json
+from repsuite.errors import InputError
+from repsuite.nlq.evaluation import evaluate_nlq, format_table, load_json
 
 
 def _eval(ns: argparse.Namespace) -> int:
@@ -268,6 +269,6 @@ def main(argv: list[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return ns.func(ns, extra) if ns.func is _submit else ns.func(ns)
-    except (SubmissionError, FileNotFoundError) as err:
+    except (InputError, FileNotFoundError) as err:  # bad input: its message names the file and field
         print(f"error: {err}", file=sys.stderr)
         return 1

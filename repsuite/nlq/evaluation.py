@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from repsuite.errors import InputError
+
 __all__ = [
     "CHALLENGE",
     "SUBMISSION_VERSION",
@@ -46,7 +48,7 @@ CHALLENGE = "ego4d_nlq_challenge"
 QueryKey = tuple[str, str, int]  # (clip_uid, annotation_uid, query_idx)
 
 
-class SubmissionError(ValueError):
+class SubmissionError(InputError):
     """A submission or prediction entry that cannot be scored; the message names the entry and field."""
 
 

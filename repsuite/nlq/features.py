@@ -28,6 +28,8 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from repsuite.errors import InputError
+
 __all__ = [
     "FEATURE_FPS",
     "ROWS_PER_SEC",
@@ -48,7 +50,7 @@ STRIDE_FRAMES = 16
 ROWS_PER_SEC = FEATURE_FPS / STRIDE_FRAMES  # 1.875
 
 
-class FeatureError(ValueError):
+class FeatureError(InputError):
     """A feature file that is missing or malformed; the message names the file."""
 
 
@@ -58,6 +60,11 @@ def official_num_rows(num_frames: int, window: int = WINDOW_FRAMES, stride: int 
         return 0
     full, rest = divmod(num_frames - window, stride)
     return full + 1 + (1 if rest else 0)
+
+
+#: Rows a feature file may fall short of its clip's end: the official extractor's last 32-frame window
+#: (2 rows' worth) ends before a video's last frames.
+SHORT_FILE_TOLERANCE = 2
 
 
 def clip_row_range(video_start_sec: float, video_end_sec: float, num_rows: int) -> tuple[int, int]:
@@ -144,12 +151,27 @@ class FeatureSource:
         """How many rows the clip gets from this source, reading only the file header (memory map).
 
         Raises:
-            FeatureError: missing or malformed file, or a clip outside the video's rows.
+            FeatureError: missing or malformed file, a width other than the source's, a clip outside the
+                video's rows, or a file that ends before the clip does (a truncated extraction: the end of
+                the clip, and any answer there, would silently be missing).
         """
         path, per_clip = self.path_for(clip_uid, video_uid)
         if path not in self._rows:
-            self._rows[path] = int(load_feature_file(path).shape[0])
+            t = load_feature_file(path)
+            if t.shape[1] != self.dim:
+                raise FeatureError(
+                    f"{path}: rows are {t.shape[1]}-d but source '{self.name}' is {self.dim}-d (read from "
+                    "its first file); every file of a source must have the same width"
+                )
+            self._rows[path] = int(t.shape[0])
         n = self._rows[path]
+        end = video_end_sec - (video_start_sec if per_clip else 0.0)  # where the clip ends in the file
+        if n - 1 < math.floor(end * ROWS_PER_SEC) - SHORT_FILE_TOLERANCE:
+            raise FeatureError(
+                f"{path}: its {n} rows cover {n / ROWS_PER_SEC:.2f} s but clip {clip_uid} needs "
+                f"{end:.2f} s of this {'clip' if per_clip else 'video'}; the feature file is shorter than "
+                "the clip (a truncated extraction?)"
+            )
         if per_clip:
             return n
         start, stop = clip_row_range(video_start_sec, video_end_sec, n)
@@ -163,10 +185,19 @@ class FeatureSource:
         t = load_feature_file(path)
         if self._dim is not None and t.shape[1] != self._dim:
             raise FeatureError(f"{path}: dim {t.shape[1]} differs from the source's {self._dim}")
+        start = 0
         if not per_clip:
             start, stop = clip_row_range(video_start_sec, video_end_sec, t.shape[0])
             t = t[start:stop]
-        return t.float().clone()  # (n, D), detached from the memory map
+        t = t.float().clone()  # (n, D), detached from the memory map
+        finite = torch.isfinite(t).all(dim=1)  # (n,)
+        if not finite.all():
+            bad = int((~finite).nonzero()[0]) + start
+            raise FeatureError(
+                f"{path}: row {bad} holds NaN or infinite values ({int((~finite).sum())} bad row(s) in clip "
+                f"{clip_uid}); re-extract the features (a NaN row would make the loss NaN)"
+            )
+        return t
 
 
 def concat_sources(parts: list[tuple[str, Tensor]], where: str = "") -> Tensor:

@@ -126,9 +126,9 @@ def test_row_mismatch_is_found_before_training(tmp_path):
 
     val = json.loads((root / "v2/annotations/nlq_val.json").read_text())
     clip_uid = val["videos"][0]["clips"][0]["clip_uid"]
-    torch.save(
-        torch.randn(5, 8), root / f"v2/clip_vitb16/{clip_uid}.pt"
-    )  # a per-clip file that does not align
+    width = Ego4DNLQDataModule(str(root), features=["clip_vitb16"]).video_dim
+    # a per-clip file that covers the clip but does not align with the other source's windows
+    torch.save(torch.randn(200, width), root / f"v2/clip_vitb16/{clip_uid}.pt")
     dm = Ego4DNLQDataModule(str(root), features=FEATS)
     with pytest.raises(FeatureError, match="disagree on the number of rows"):
         dm.setup("validate")
@@ -186,3 +186,75 @@ def test_train_splits_merge_train_and_val_for_a_test_server_entry(in_tmp):
     )  # fmt: skip
     assert len(cli.datamodule.dataset("train")) == len(one) + len(val)
     assert cli.trainer.state.finished
+
+
+class _NotFeatures:  # pickled by full pickle: a weights_only load refuses to run its code
+    pass
+
+
+def _corrupt(original: torch.Tensor, quirk: str, path):
+    import pickle
+
+    rows, width = original.shape
+    if quirk == "random bytes":
+        path.write_bytes(bytes(range(256)) * 4)
+    elif quirk == "full pickle":
+        path.write_bytes(pickle.dumps(_NotFeatures()))
+    else:
+        value = {
+            "shorter than its clip": original[: rows // 3],
+            "3-d": original[None],
+            "wrong width": torch.randn(rows, width + 3),
+            "not a tensor": {"features": original},
+            "integer rows": original.long(),
+        }[quirk]
+        torch.save(value, path)
+
+
+FEATURE_QUIRKS = {
+    "shorter than its clip": "the feature file is shorter than the clip",
+    "3-d": r"expected a 2-d \(rows, dim\) tensor",
+    "wrong width": "every file of a source must have the same width",
+    "not a tensor": "expected a tensor, got dict",
+    "integer rows": "expected floating-point features",
+    "random bytes": "cannot be read as a torch tensor file",
+    "full pickle": "cannot be read as a torch tensor file",
+}
+
+
+@pytest.mark.parametrize("quirk", list(FEATURE_QUIRKS))
+def test_a_bad_feature_file_fails_evaluation_at_once_and_is_skipped_and_counted_in_training(
+    quirk, tmp_path, caplog
+):
+    import shutil
+
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    folder = root / "v2/slowfast8x8_r101_k400"
+    for split in ("val", "train"):
+        path = sorted(folder.glob(f"{split}-*.pt"))[0]
+        _corrupt(torch.load(path, weights_only=True), quirk, path)
+    dm = Ego4DNLQDataModule(str(root), features=FEATS)
+    with pytest.raises(
+        FeatureError, match=rf"{path.name.replace('train', 'val')[:13]}.*{FEATURE_QUIRKS[quirk]}"
+    ):
+        dm.setup("validate")  # names the file and says what was expected, before the first batch
+    with caplog.at_level("WARNING"):
+        train = dm.dataset("train")
+    assert f"{path.name}" in caplog.text and "skipped" in caplog.text
+    assert len(train) == 6 and all(q.video_uid != path.stem for q in train.queries)
+
+
+def test_nan_feature_rows_are_an_error_naming_the_file_and_row(tmp_path):
+    import shutil
+
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    path = sorted((root / "v2/slowfast8x8_r101_k400").glob("val-*.pt"))[0]
+    feats = torch.load(path, weights_only=True)
+    feats[40:43] = float("nan")
+    torch.save(feats, path)
+    ds = Ego4DNLQDataModule(str(root), features=FEATS).dataset("val")  # headers are fine: setup passes
+    with pytest.raises(FeatureError, match=rf"{path.name}: row 40 holds NaN or infinite values"):
+        for i in range(len(ds)):
+            ds[i]  # the clip's first read names the file and the first bad row (the clip covers rows 28-94)

@@ -4,6 +4,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from repsuite.cli import main, run_cli
 from repsuite.nlq.evaluation import evaluate_nlq, load_json, validate_submission
@@ -161,6 +162,28 @@ def test_top_five_are_distinct_answers_unless_asked_for_plain_pooling(checkpoint
         assert max(overlaps) <= nms_iou
     else:  # the release's pooling: the undertrained model's five windows share a start (see the issue)
         assert max(overlaps) > 0.5
+
+
+def test_submit_and_predict_name_a_bad_feature_file(checkpoint, tmp_path, capsys):
+    """The same clear error through `nlq submit` as through fit / validate: the file, what was expected."""
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    bad = sorted((root / "v2/slowfast8x8_r101_k400").glob("val-*.pt"))[0]
+    torch.save(torch.load(bad, weights_only=True)[:5], bad)  # truncated extraction
+    args = [
+        "nlq",
+        "submit",
+        str(checkpoint),
+        "--split",
+        "val",
+        "-o",
+        str(tmp_path / "p.json"),
+        f"--data.root={root}",
+    ]
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    assert bad.name in err and "the feature file is shorter than the clip" in err
+    assert not (tmp_path / "p.json").exists()
 
 
 def test_submit_rejects_unknown_data_option(checkpoint, tmp_path, capsys):

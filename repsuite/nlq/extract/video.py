@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from repsuite.errors import InputError
 from repsuite.nlq.features import FEATURE_FPS, STRIDE_FRAMES, WINDOW_FRAMES, official_num_rows
 
 __all__ = [
@@ -49,7 +50,7 @@ __all__ = [
 SAMPLING_RULES = ("center", "random")
 
 
-class VideoError(ValueError):
+class VideoError(InputError):
     """A video that cannot be used (unreadable, truncated, empty, shorter than one window); names the file."""
 
 
