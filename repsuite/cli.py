@@ -20,7 +20,7 @@ from lightning.pytorch import LightningDataModule, LightningModule, Trainer
 from lightning.pytorch.callbacks import Callback, ProgressBar, RichProgressBar
 from lightning.pytorch.cli import ArgsType, LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from repsuite._version import __version__
 
@@ -146,6 +146,36 @@ class RepsuiteCLI(LightningCLI):
                 "offline. Sync later with `wandb sync <run dir>`, or set WANDB_MODE=online after logging in."
             )
 
+    def parse_arguments(self, parser: Any, args: ArgsType) -> None:
+        """Remember the command-line words: :meth:`_parse_ckpt_path` needs the ``--model.*`` ones."""
+        self._words = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else []
+        super().parse_arguments(parser, args)
+
+    def _parse_ckpt_path(self) -> None:
+        """Apply ``--ckpt_path``'s hyper-parameters, keeping the model options typed on the command line.
+
+        The checkpoint's hyper-parameters replace the config's model section (Lightning's rule: the network
+        must match its weights), but options the user typed (``--model.nms_iou=null``,
+        ``--model.top_k=10``) are kept: dropping them silently would run something else than was asked.
+        """
+        sub = self.config.get("subcommand")
+        if not sub or not self.config[sub].get("ckpt_path"):
+            return super()._parse_ckpt_path()
+        kept = {}
+        for name in _typed_model_options(getattr(self, "_words", [])):
+            for key in (f"{sub}.model.init_args.{name}", f"{sub}.model.{name}"):
+                if key in self.config:
+                    kept[name] = self.config[key]
+                    break
+        super()._parse_ckpt_path()
+        for name, value in kept.items():
+            key = f"{sub}.model.init_args.{name}" if f"{sub}.model.init_args" in self.config else None
+            target = key or f"{sub}.model.dict_kwargs.{name}"
+            self.config[target] = value
+        if kept:
+            rank_zero_info(f"repsuite: model options from the command line override the checkpoint's: {kept}")
+        return None
+
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         wants_bar = config.get("enable_progress_bar") is not False
         own = config.get("callbacks") or []
@@ -153,6 +183,16 @@ class RepsuiteCLI(LightningCLI):
         if wants_bar and not any(isinstance(cb, ProgressBar) for cb in configured):
             callbacks = [*callbacks, RichProgressBar()]
         return super()._instantiate_trainer(config, callbacks)
+
+
+def _typed_model_options(words: list[str]) -> list[str]:
+    """Names of the ``--model.<name>`` options among command-line words (``--model.x=1``, ``--model.x 1``)."""
+    names = []
+    for word in words:
+        if isinstance(word, str) and word.startswith("--model.") and word != "--model.help":
+            name = word[len("--model.") :].split("=", 1)[0]
+            names.append(name.removeprefix("init_args."))
+    return names
 
 
 def _tools_epilog() -> str:

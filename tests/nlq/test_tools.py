@@ -101,6 +101,20 @@ def _predict(checkpoint, out, *extra):
     return json.loads(out.read_text())["results"]
 
 
+def test_model_options_typed_with_ckpt_path_override_the_checkpoint(checkpoint, tmp_path, in_tmp):
+    """Lightning replaces the model section with the checkpoint's hyper-parameters; options typed on the
+    command line still apply (the decoder's, here), the architecture still comes from the checkpoint."""
+    plain = _predict(checkpoint, tmp_path / "plain.json", "--model.nms_iou=null")
+    distinct = _predict(checkpoint, tmp_path / "nms.json")
+    overlap = lambda e: max(_iou(a, b) for i, a in enumerate(e["predicted_times"])  # noqa: E731
+                            for b in e["predicted_times"][i + 1 :])  # fmt: skip
+    assert max(map(overlap, plain)) > 0.5 >= max(map(overlap, distinct))
+    widened = ["--model.hidden=32", "--trainer.callbacks+=SubmissionWriter"]
+    with pytest.raises(RuntimeError, match="size mismatch"):  # typed architecture is also kept: refused
+        run_cli(["predict", "--config", DEMO, f"--data.root={DATA}", f"--ckpt_path={checkpoint}", *widened,
+                 f"--trainer.callbacks.output={tmp_path / 'x.json'}", "--trainer.logger=false"])  # fmt: skip
+
+
 def _largest_score_change(a: list[dict], b: list[dict]) -> float:
     assert [e["annotation_uid"] for e in a] == [e["annotation_uid"] for e in b]
     pairs = [
