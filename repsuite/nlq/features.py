@@ -62,9 +62,9 @@ def official_num_rows(num_frames: int, window: int = WINDOW_FRAMES, stride: int 
     return full + 1 + (1 if rest else 0)
 
 
-#: Rows a feature file may fall short of its clip's end: the official extractor's last 32-frame window
-#: (2 rows' worth) ends before a video's last frames.
-SHORT_FILE_TOLERANCE = 2
+#: Rows a feature file may fall short of its clip's end (~2 s): the official extractor's last 32-frame window
+#: ends up to 2 rows before a video's last frame, and annotated clip ends overshoot the video by rounding.
+SHORT_FILE_TOLERANCE = 4
 
 
 def clip_row_range(video_start_sec: float, video_end_sec: float, num_rows: int) -> tuple[int, int]:
