@@ -101,6 +101,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
     ap.add_argument("--signal", type=float, default=0.4, help="synthetic event strength (demo data: 2.5)")
     ap.add_argument("--val-videos", type=int, default=20)
+    ap.add_argument("--event-seconds", type=float, nargs=2, default=(2.0, 8.0), metavar=("MIN", "MAX"),
+                    help="answer lengths of the synthetic queries; long ones (e.g. 15 40) span several of "
+                    "the K segments, where the two NPM labels differ")  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny synthetic download (plumbing check)")
     ap.add_argument("--work", default="outputs/nlq_ablation")
     ap.add_argument("--out", default="benchmarks/results/nlq_ablation.json")
@@ -114,7 +117,9 @@ def main() -> None:
     videos = (
         {"train": 4, "val": 2, "test": 1} if args.quick else {"train": 24, "val": args.val_videos, "test": 1}
     )
-    spec = SyntheticSpec(num_videos=videos, signal=args.signal, text_source=None)
+    spec = SyntheticSpec(
+        num_videos=videos, signal=args.signal, text_source=None, event_seconds=tuple(args.event_seconds)
+    )
     write_synthetic_ego4d(data, spec)
     print(f"synthetic download: {data} (signal {args.signal}, videos {videos})", flush=True)
 
