@@ -99,12 +99,6 @@ class NLQOutput:
     text_proj: Tensor
 
 
-def sine_positions(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> Tensor:
-    """DETR-style sine encoding of positions 1..length normalised to (0, 2π], (length, dim)."""
-    pos = torch.arange(1, length + 1, device=device, dtype=torch.float32) / length * 2 * math.pi
-    return sine_encoding(pos, dim).to(dtype)
-
-
 def sine_encoding(angle: Tensor, dim: int) -> Tensor:
     """Sine / cosine features of angles (...,) in radians -> (..., dim), DETR's frequencies."""
     freq = 10000 ** (2 * (torch.arange(dim // 2, device=angle.device, dtype=torch.float32)) / dim)

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from repsuite.nlq.model import NLQModel, NLQModelConfig, sine_positions
+from repsuite.nlq.model import NLQModel, NLQModelConfig, sine_encoding
 from tests.conftest import ROOT
 
 SMALL = {
@@ -94,8 +94,8 @@ def test_text_changes_the_answer():
     assert not torch.allclose(a[~vpad], b[~vpad])
 
 
-def test_sine_positions():
-    p = sine_positions(10, 8, torch.device("cpu"), torch.float32)
+def test_sine_encoding():
+    p = sine_encoding(torch.arange(1, 11) / 10 * 2 * torch.pi, 8)  # positions 1..10 over (0, 2π]
     assert p.shape == (10, 8) and torch.all(p.abs() <= 1)
 
 
