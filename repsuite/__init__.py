@@ -20,6 +20,7 @@ _LAZY: dict[str, str] = {
     "reference_ops": "repsuite.ops",
     "RepsuiteCLI": "repsuite.cli",
     "NLQModule": "repsuite.nlq",
+    "NLQPredictor": "repsuite.nlq",
     "Ego4DNLQDataModule": "repsuite.nlq",
     "FaceSwapModule": "repsuite.faceswap",
     "FaceSwapDataModule": "repsuite.faceswap",
@@ -44,6 +45,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from repsuite.faceswap import load_stylegan2 as load_stylegan2
     from repsuite.nlq import Ego4DNLQDataModule as Ego4DNLQDataModule
     from repsuite.nlq import NLQModule as NLQModule
+    from repsuite.nlq import NLQPredictor as NLQPredictor
     from repsuite.ops import MultiHeadCrossAttention as MultiHeadCrossAttention
     from repsuite.ops import fused_leaky_relu as fused_leaky_relu
     from repsuite.ops import modulated_conv2d as modulated_conv2d

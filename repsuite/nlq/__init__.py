@@ -13,6 +13,7 @@ from repsuite.nlq.evaluation import (
 )
 from repsuite.nlq.metrics import NLQRecall, window_iou
 from repsuite.nlq.module import NLQModule
+from repsuite.nlq.predictor import NLQAnswer, NLQPredictor
 from repsuite.nlq.submission import SubmissionWriter, ensemble_submissions
 
 __all__ = [
@@ -20,7 +21,9 @@ __all__ = [
     "SUBMISSION_VERSION",
     "Ego4DNLQDataModule",
     "NLQEvalResult",
+    "NLQAnswer",
     "NLQModule",
+    "NLQPredictor",
     "NLQRecall",
     "SubmissionError",
     "SubmissionWriter",

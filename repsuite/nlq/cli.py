@@ -1,4 +1,4 @@
-"""``repsuite nlq ...``: Ego4D NLQ tools (eval, submit, ensemble, extract-text, extract-video, synth).
+"""``repsuite nlq ...``: Ego4D NLQ tools (eval, submit, query, ensemble, extract-text, extract-video, synth).
 
 Each tool is a small function over library code; ``submit`` is a ``repsuite predict`` run (see
 :func:`repsuite.nlq.submission.submit_args`).
@@ -110,6 +110,27 @@ def _submit(ns: argparse.Namespace, extra: list[str]) -> int:
         return 1 if exc.code else 0
 
 
+def _query(ns: argparse.Namespace) -> int:
+    from repsuite.nlq.predictor import NLQPredictor
+
+    named = [v.split("=", 1) for v in ns.video if "=" in v and not Path(v).exists()]
+    if named and len(named) != len(ns.video):
+        raise InputError("--video: give one file, or NAME=FILE for every feature source")
+    video: Any = {name: path for name, path in named} if named else ns.video[0]
+    if not named and len(ns.video) > 1:
+        raise InputError("--video: several files need NAME=FILE each (the model's feature source names)")
+    weights = dict(w.split("=", 1) for w in ns.weights or [])
+    predictor = NLQPredictor.from_checkpoint(ns.checkpoint, device=ns.device, precision=ns.precision,
+                                             weights=weights)  # fmt: skip
+    answers = predictor.query(video, ns.question, top_k=ns.top_k, clip=tuple(ns.clip) if ns.clip else None)
+    for answer in answers:
+        print(answer)
+    if ns.json:
+        rows = [{"question": a.question, "predicted_times": a.windows, "scores": a.scores} for a in answers]
+        Path(ns.json).write_text(json.dumps(rows, indent=1))
+    return 0
+
+
 def _ensemble(ns: argparse.Namespace) -> int:
     from repsuite.nlq.submission import ensemble_submissions
 
@@ -178,6 +199,29 @@ def _add_submit(sub: Any) -> None:
     su.add_argument("-o", "--output", required=True, metavar="PRED.json")
     su.add_argument("--accelerator", default="auto")
     su.set_defaults(func=_submit)
+
+
+def _add_query(sub: Any) -> None:
+    qu = sub.add_parser(
+        "query",
+        help="answer questions about one video with a checkpoint (ranked windows in seconds)",
+        description="Restore CKPT with the data settings it was trained with (NLQPredictor) and print the "
+        "top windows for each --question. --video is a features file (.pt), NAME=FILE for each feature "
+        "source of a several-source model, or a video file when every source was made by extract-video.",
+    )
+    qu.add_argument("checkpoint", metavar="CKPT")
+    qu.add_argument("--video", action="append", required=True, metavar="FILE|NAME=FILE")
+    qu.add_argument("--question", action="append", required=True, help="repeat for several questions")
+    qu.add_argument("--clip", type=float, nargs=2, metavar=("START", "END"), help="answer in this part only")
+    qu.add_argument("--top-k", type=int, default=5)
+    qu.add_argument("--device", help="default: cuda when available, else cpu")
+    qu.add_argument("--precision", choices=["32-true", "bf16-mixed", "16-mixed"])
+    weights = (
+        "local weights of a frame encoder (source NAME) or of the text tower (text=PATH) at another path"
+    )
+    qu.add_argument("--weights", action="append", metavar="NAME=PATH", help=weights)
+    qu.add_argument("--json", metavar="OUT.json", help="also write the answers as JSON")
+    qu.set_defaults(func=_query)
 
 
 def _add_extract_text(sub: Any) -> None:
@@ -256,7 +300,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repsuite nlq", description="Ego4D Natural Language Queries tools.")
     parser.add_argument("--version", action="version", version=f"repsuite {__version__}")
     sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
-    for add in (_add_eval, _add_synth, _add_submit, _add_extract_text, _add_extract_video, _add_ensemble):
+    for add in (_add_eval, _add_synth, _add_submit, _add_query, _add_extract_text, _add_extract_video,
+                _add_ensemble):  # fmt: skip
         add(sub)
     return parser
 

@@ -38,6 +38,7 @@ __all__ = [
     "cache_text_features",
     "clip_text_width",
     "default_cache_name",
+    "register_clip_config",
     "resolve_clip_model",
 ]
 
@@ -76,6 +77,32 @@ def default_cache_name(model: str) -> str:
     """Cache folder name for ``model``'s token states: ``clip_text_<model>`` (``clip_text_vit_b_16``)."""
     stem = Path(model).stem if model.endswith(".json") else model
     return "clip_text_" + re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")
+
+
+def register_clip_config(name: str, config: dict | None) -> str:
+    """Make ``name`` an open_clip model name, registering a recorded model ``config`` if open_clip lacks it.
+
+    Manifests record the config of the model that made a folder of features, so a model given as a
+    config JSON (a custom or test model) can be rebuilt where that JSON is not at hand.
+    """
+    import tempfile
+
+    import open_clip
+
+    if open_clip.get_model_config(name) is not None:
+        return name
+    if config is None:
+        raise ValueError(f"clip model {name!r}: not an open_clip model name and no model config was recorded")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"{name}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+    return name
+
+
+def _absolute(path: str | os.PathLike | None) -> str | None:
+    """A checkpoint path as manifests record it: absolute, so a predictor elsewhere can find it."""
+    return str(Path(path).resolve()) if path else None
 
 
 class ClipTextTower(nn.Module):
@@ -151,9 +178,12 @@ class TextCacheManifest(dict):
     @classmethod
     def for_tower(cls, tower: ClipTextTower) -> TextCacheManifest:
         """The manifest a cache written by ``tower`` carries."""
+        import open_clip
+
         return cls(
             model=tower.model_name,
-            checkpoint=str(tower.checkpoint) if tower.checkpoint else None,
+            model_config=open_clip.get_model_config(tower.model_name),
+            checkpoint=_absolute(tower.checkpoint),
             checkpoint_sha256=file_sha256(tower.checkpoint) if tower.checkpoint else None,
             random_init=tower.checkpoint is None,
             dim=tower.width,

@@ -37,10 +37,49 @@ from repsuite.nlq.features import (
     pool_to_length,
 )
 
-__all__ = ["Ego4DNLQDataset", "NLQSample", "bins_to_seconds", "collate_nlq", "seconds_to_bins"]
+__all__ = [
+    "Ego4DNLQDataset",
+    "NLQSample",
+    "bins_to_seconds",
+    "collate_nlq",
+    "question_tokens",
+    "seconds_to_bins",
+    "text_feature_input",
+    "video_bins",
+]
 
 TextMode = Literal["tokens", "features"]
 log = logging.getLogger(__name__)
+_TOKENIZER: Any = None
+
+
+def question_tokens(question: str) -> Tensor:
+    """open_clip BPE ids (L,) of a normalised question, SOT ... EOT (the model's token-mode input)."""
+    global _TOKENIZER
+    if _TOKENIZER is None:
+        import open_clip
+
+        _TOKENIZER = open_clip.get_tokenizer("ViT-B-16")  # BPE vocabulary ships with open_clip
+    ids = _TOKENIZER([normalize_question(question)])[0]  # (77,), SOT ... EOT, 0 padding
+    return ids[: int(ids.argmax()) + 1]  # EOT has the largest id
+
+
+def text_feature_input(features: Tensor) -> Tensor:
+    """Token features (L, Dt) as the model reads them: float32, L2-normalised per token (author's release)."""
+    return torch.nn.functional.normalize(features.float(), dim=-1)
+
+
+def video_bins(rows: Tensor, max_video_len: int, temporal_position: bool = False) -> Tensor:
+    """A clip's rows (n, ΣD) as the model reads them: N = min(n, max_video_len) bins (N, ΣD).
+
+    With ``temporal_position`` the release's 2-d position (i/N, (i+1)/N) is appended (N, ΣD + 2).
+    """
+    video = pool_to_length(rows, max_video_len)  # (N, ΣD)
+    if not temporal_position:
+        return video
+    n = video.shape[0]
+    pos = torch.arange(n, dtype=video.dtype)
+    return torch.cat([video, torch.stack([pos / n, (pos + 1) / n], dim=1)], dim=1)  # (N, ΣD + 2)
 
 
 def seconds_to_bins(start_sec: float, end_sec: float, duration: float, num_bins: int) -> tuple[int, int]:
@@ -115,7 +154,6 @@ class Ego4DNLQDataset(Dataset):
         self.transform = transform
         self._cache: OrderedDict[str, Tensor] = OrderedDict()
         self._cache_size = cache_clips
-        self._tokenizer: Any = None
         self._donors: tuple[int, list[str]] | None = None
 
     def __len__(self) -> int:
@@ -221,15 +259,8 @@ class Ego4DNLQDataset(Dataset):
     def text(self, query: NLQQuery) -> Tensor:
         """Token ids (L,) or token features (L, Dt) of a query."""
         if self.text_mode == "features":
-            feats = load_feature_file(self.text_path(query), "text feature").float()  # (L, Dt)
-            return torch.nn.functional.normalize(feats, dim=-1)  # per token, as the author's release
-        if self._tokenizer is None:
-            import open_clip
-
-            self._tokenizer = open_clip.get_tokenizer("ViT-B-16")  # BPE vocabulary ships with open_clip
-        ids = self._tokenizer([normalize_question(query.query or "")])[0]  # (77,), SOT ... EOT, 0 padding
-        eot = int(ids.argmax())
-        return ids[: eot + 1]
+            return text_feature_input(load_feature_file(self.text_path(query), "text feature"))  # (L, Dt)
+        return question_tokens(query.query or "")
 
     def __getitem__(self, index: int) -> NLQSample:
         query = self.queries[index]
@@ -240,15 +271,12 @@ class Ego4DNLQDataset(Dataset):
             rows, s_row, e_row = self.transform(rows, gt[0] * ROWS_PER_SEC, gt[1] * ROWS_PER_SEC, self)
             duration = rows.shape[0] / ROWS_PER_SEC
             gt = (s_row / ROWS_PER_SEC, e_row / ROWS_PER_SEC)
-        video = pool_to_length(rows, self.max_video_len)  # (N, ΣD)
+        video = video_bins(rows, self.max_video_len, self.temporal_position)  # (N, ΣD [+ 2])
         n = video.shape[0]
         # labels use the window clamped to the quantised duration; `gt` itself stays as annotated so the
         # metric scores against the official window (GT ends may overshoot the clip by up to ~0.6 s)
         label_gt = (min(gt[0], duration), min(gt[1], duration))
         start, end = seconds_to_bins(*label_gt, duration, n) if query.gt_start is not None else (-1, -1)
-        if self.temporal_position:
-            pos = torch.arange(n, dtype=video.dtype)
-            video = torch.cat([video, torch.stack([pos / n, (pos + 1) / n], dim=1)], dim=1)  # (N, ΣD + 2)
         return NLQSample(video, self.text(query), start, end, gt, duration, index, query.key)
 
 

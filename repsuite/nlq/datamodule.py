@@ -10,8 +10,9 @@ Expected layout (what ``ego4d --output_directory ROOT --datasets annotations <so
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -29,9 +30,19 @@ from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
 from repsuite.nlq.features import FeatureError, FeatureSource, load_feature_file
 from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
 
-__all__ = ["SPLIT_FILES", "Ego4DNLQDataModule"]
+__all__ = ["SPLIT_FILES", "Ego4DNLQDataModule", "read_manifest"]
 
 SPLIT_FILES = {"train": "nlq_train.json", "val": "nlq_val.json", "test": "nlq_test_unannotated.json"}
+
+
+def read_manifest(folder: Path) -> dict | None:
+    """``folder/manifest.json`` (written by ``extract-video``, ``extract-text`` and the CLIP text cache)."""
+    path = folder / "manifest.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):  # unreadable: the folder's features simply have no known maker
+        rank_zero_warn(f"{path}: not readable JSON; not recorded in checkpoints")
+        return None
 
 
 class Ego4DNLQDataModule(LightningDataModule):
@@ -146,6 +157,29 @@ class Ego4DNLQDataModule(LightningDataModule):
         if first is None:
             raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
         return int(load_feature_file(first, "text feature").shape[1])
+
+    def provenance(self) -> dict[str, Any]:
+        """How this data's inputs were made, as far as the folders record it (kept in checkpoints).
+
+        ``sources``: each feature source's name, width and its folder's manifest (``extract-video`` ones
+        name the frame encoder, its weights' hash and the frame sampling); ``text``: the text mode and the
+        manifest of its feature folder. :class:`~repsuite.nlq.predictor.NLQPredictor` uses them to make
+        the same inputs from a video file and a question.
+        """
+        folder = self.base / self.text_features if self.text_features else None
+        return {
+            "sources": [
+                {"name": s.name, "dim": s.dim, "manifest": read_manifest(s.root)} for s in self.sources
+            ],
+            "text": {"mode": self.hparams.text, "manifest": read_manifest(folder) if folder else None},
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Saved in every checkpoint (Lightning stores it under the class name): :meth:`provenance`."""
+        return {"provenance": self.provenance()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Nothing to restore: the provenance describes the folders, which are read again."""
 
     def predict_ground_truth(self) -> Path | None:
         """The annotation file of ``predict_split`` if it has answers (for scoring a prediction run)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["joint_topk", "merge_candidates", "temporal_nms"]
+__all__ = ["joint_topk", "merge_candidates", "ranked_windows", "temporal_nms"]
 
 
 def joint_topk(
@@ -102,3 +102,13 @@ def merge_candidates(
         if 0 < n < k:
             out_w[b, n:] = w[0]
     return out_w, out_s
+
+
+def ranked_windows(windows: list[list[float]], scores: list[float]) -> tuple[list[list[float]], list[float]]:
+    """One query's windows and scores as submitted: absent slots (score < 0) dropped, at least one kept.
+
+    A clip too short to fill every slot keeps only its real windows; a query with none keeps the first
+    slot at score 0, so every query has an answer.
+    """
+    keep = [i for i, v in enumerate(scores) if v >= 0] or [0]
+    return [windows[i] for i in keep], [max(scores[i], 0.0) for i in keep]

@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from repsuite.nlq.data import bins_to_seconds
-from repsuite.nlq.decoding import joint_topk, merge_candidates
+from repsuite.nlq.decoding import joint_topk, merge_candidates, ranked_windows
 from repsuite.nlq.losses import NLQLoss
 from repsuite.nlq.metrics import NLQRecall
 from repsuite.nlq.model import NLQModel, NLQModelConfig, NLQOutput
@@ -154,15 +154,17 @@ class NLQModule(ExactResumeMixin, LightningModule):
         return terms["loss"]
 
     def predict_windows(
-        self, batch: dict[str, Any], outputs: dict[int, NLQOutput] | None = None
+        self, batch: dict[str, Any], outputs: dict[int, NLQOutput] | None = None, top_k: int | None = None
     ) -> tuple[Tensor, Tensor]:
         """Ranked windows in seconds (B, top_k, 2) and scores (B, top_k), pooled over inference scales.
 
         Each scale proposes its best (start, end) pairs; the pool is ranked by score and, with ``nms_iou``,
         thinned by temporal NMS so the top-k are different answers, not near-copies of the best one.
+        ``top_k`` defaults to the module's; missing slots have score −1.
         """
         h = self.hparams
-        per_scale = h.candidates_per_scale or (4 * h.top_k if h.nms_iou is not None else h.top_k)
+        top_k = top_k or h.top_k
+        per_scale = h.candidates_per_scale or (4 * top_k if h.nms_iou is not None else top_k)
         cands, scores = [], []
         for k in list(h.inference_scales or h.scales):
             out = outputs[k] if outputs and k in outputs else self._forward(batch, k)
@@ -170,7 +172,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
                                  h.max_span)  # fmt: skip
             cands.append(torch.stack([s, e + 1], dim=-1).to(torch.float64))  # half-open bins: IoU in bins
             scores.append(p.to(torch.float64))
-        bins, score = merge_candidates(torch.cat(cands, 1), torch.cat(scores, 1), h.top_k, h.deduplicate,
+        bins, score = merge_candidates(torch.cat(cands, 1), torch.cat(scores, 1), top_k, h.deduplicate,
                                        h.nms_iou)  # fmt: skip
         n = batch["num_bins"].to(torch.float64)[:, None]
         windows = bins_to_seconds(bins[..., 0], bins[..., 1] - 1, batch["duration"][:, None], n)  # (B, k, 2)
@@ -225,14 +227,14 @@ class NLQModule(ExactResumeMixin, LightningModule):
         for (clip_uid, ann_uid, qidx), w, s in zip(
             batch["keys"], windows.tolist(), scores.tolist(), strict=True
         ):
-            keep = [i for i, v in enumerate(s) if v >= 0] or [0]
+            kept, kept_scores = ranked_windows(w, s)
             entries.append(
                 {
                     "clip_uid": clip_uid,
                     "annotation_uid": ann_uid,
                     "query_idx": qidx,
-                    "predicted_times": [w[i] for i in keep],
-                    "scores": [max(s[i], 0.0) for i in keep],
+                    "predicted_times": kept,
+                    "scores": kept_scores,
                 }
             )
         return entries

@@ -15,6 +15,7 @@ from repsuite.cli import main
 from repsuite.nlq.extract.frame_encoder import FrameEncoder
 from repsuite.nlq.extract.video import decode_rows, frames_30fps, probe_video, row_frame_indices
 from repsuite.nlq.features import official_num_rows
+from repsuite.nlq.predictor import NLQPredictor, PredictorError
 from tests.conftest import PYTHON, subprocess_env
 from tests.helpers.videos import write_video
 from tests.nlq.test_clip_text import _checkpoint, _config
@@ -166,6 +167,7 @@ def test_videos_to_features_to_a_trained_model(setup, tmp_path, in_tmp):
     from repsuite.cli import run_cli
 
     config, ckpt, _ = setup
+    other, _ = _checkpoint(tmp_path, config, seed=1, name="other.pt")
     root = tmp_path / "ego4d" / "v2"
     videos = tmp_path / "raw"
     split_videos = {"train": ["tr-0", "tr-1"], "val": ["va-0"]}
@@ -201,6 +203,22 @@ def test_videos_to_features_to_a_trained_model(setup, tmp_path, in_tmp):
     )  # fmt: skip
     assert cli.model.hparams.video_dim == 16 and cli.model.hparams.text_dim == 24
     assert torch.isfinite(cli.trainer.callback_metrics["val/mIoU"])
+    # the trained model answers about the raw video: frames and question encoded as in training
+    ckpt_path = cli.trainer.checkpoint_callback.best_model_path
+    predictor = NLQPredictor.from_checkpoint(ckpt_path, device="cpu")
+    questions = [f"where is the cup {i}?" for i in range(3)]
+    by_video = predictor.query(videos / "va-0.mp4", questions, clip=(1.0, 21.0))
+    by_file = predictor.query(root / "clip_frames" / "va-0.pt", questions, clip=(1.0, 21.0))
+    for a, b in zip(by_video, by_file, strict=True):
+        assert a.windows == b.windows and a.scores == pytest.approx(b.scores, rel=1e-5)
+    out = tmp_path / "val.json"
+    assert main(["nlq", "submit", ckpt_path, "--split", "val", "-o", str(out), "--accelerator", "cpu"]) == 0
+    for entry, answer in zip(json.loads(out.read_text())["results"], by_video, strict=True):
+        assert torch.allclose(torch.tensor(entry["predicted_times"]), torch.tensor(answer.windows), atol=1e-6)
+    with pytest.raises(PredictorError, match="not the weights the features were made with"):
+        NLQPredictor.from_checkpoint(ckpt_path, device="cpu", weights={"clip_frames": str(other)}).query(
+            videos / "va-0.mp4", questions[0]
+        )
     shutil.rmtree(videos)
 
 

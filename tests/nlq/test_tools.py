@@ -14,33 +14,6 @@ DEMO = str(ROOT / "configs/nlq/demo.yaml")
 DATA = ROOT / "tests/data/ego4d_nlq"
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    import os
-
-    work = tmp_path_factory.mktemp("nlq_fit")
-    cwd = os.getcwd()
-    os.chdir(work)  # the demo config writes under outputs/
-    try:
-        run_cli(
-            [
-                "fit",
-                "--config",
-                DEMO,
-                f"--data.root={DATA}",
-                "--trainer.max_epochs=1",
-                f"--trainer.default_root_dir={work}",
-                "--trainer.enable_progress_bar=false",
-                "--trainer.enable_model_summary=false",
-                "--data.batch_size=4",
-                "--trainer.check_val_every_n_epoch=1",
-            ]
-        )
-    finally:
-        os.chdir(cwd)
-    return work / "outputs/nlq_demo/checkpoints/last.ckpt"
-
-
 def test_submit_val_writes_valid_submission_and_prints_table(checkpoint, tmp_path, capsys):
     out = tmp_path / "pred.json"
     assert (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -112,11 +113,17 @@ class FrameEncoder(nn.Module):
         return net, pre, int(net.num_features)
 
     def describe(self) -> dict:
-        """What a manifest records about this encoder."""
+        """What a manifest records about this encoder (enough to rebuild it: :meth:`from_record`)."""
+        config = None
+        if self.kind == "open_clip":
+            import open_clip
+
+            config = open_clip.get_model_config(self.model_name)  # a model given as JSON needs it back
         return {
             "kind": self.kind,
             "model": self.model_name,
-            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "model_config": config,
+            "checkpoint": str(Path(self.checkpoint).resolve()) if self.checkpoint else None,
             "checkpoint_sha256": file_sha256(self.checkpoint) if self.checkpoint else None,
             "random_init": self.checkpoint is None,
             "dim": self.dim,
@@ -143,3 +150,60 @@ class FrameEncoder(nn.Module):
     def forward(self, frames: Tensor) -> Tensor:
         """uint8 frames (B, 3, H, W) → float32 features (B, D)."""
         return self.net(self.prepare(frames)).float()  # open_clip: projected embedding; timm: pooled
+
+    @classmethod
+    def from_record(cls, record: dict, checkpoint: str | None = None) -> FrameEncoder:
+        """The encoder a manifest's ``encoder`` entry describes, from ``checkpoint`` or the recorded path.
+
+        Raises:
+            ValueError: the record names random weights, the weights file is missing, or its bytes are not
+                the ones the features were made with (sha256), each naming the file.
+        """
+        path = checkpoint or record.get("checkpoint")
+        what = f"{record.get('kind')} model {record.get('model')!r}"
+        if not path:
+            raise ValueError(
+                f"{what}: the features were made with random weights, which cannot be made again"
+            )
+        if not Path(path).is_file():
+            raise ValueError(f"{path}: weights of {what} not found")
+        want = record.get("checkpoint_sha256")
+        if want and file_sha256(path) != want:
+            raise ValueError(f"{path}: not the weights the features were made with (sha256 differs from the "
+                             f"recorded {want[:12]}…)")  # fmt: skip
+        model = record["model"]
+        if record["kind"] == "open_clip":
+            from repsuite.nlq.clip_text import register_clip_config
+
+            model = register_clip_config(model, record.get("model_config"))
+        return cls(record["kind"], model, str(path))
+
+    def encode_video(
+        self, path: str | Path, sampling: str = "center", seed: int = 0, key: str = "", batch_size: int = 64
+    ) -> Tensor:
+        """Official feature rows (N, D) of one video file, as ``repsuite nlq extract-video`` writes them.
+
+        One frame per row (window 32, stride 16 at 30 fps), picked by ``sampling`` (``key`` seeds random
+        picks per video, the extractor uses the video uid), encoded ``batch_size`` frames at a time.
+
+        Raises:
+            VideoError: the file cannot be decoded or is shorter than one window.
+        """
+        from repsuite.nlq.extract.video import (
+            VideoError,
+            decode_rows,
+            frames_30fps,
+            probe_video,
+            row_frame_indices,
+        )
+        from repsuite.nlq.features import official_num_rows
+
+        info = probe_video(path)
+        frames = frames_30fps(info)
+        if official_num_rows(frames) == 0:
+            raise VideoError(f"{path}: shorter than one window ({frames} frames at 30 fps < 32): no rows")
+        device = self.mean.device
+        indices = row_frame_indices(frames, sampling, seed, key)
+        chunks = [self(c.to(device)).cpu() for _, c in decode_rows(info, indices, self.preprocess.resize_to,
+                                                                     batch_size)]  # fmt: skip
+        return torch.cat(chunks)  # (N, D)
