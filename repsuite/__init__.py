@@ -24,6 +24,7 @@ _LAZY: dict[str, str] = {
     "Ego4DNLQDataModule": "repsuite.nlq",
     "FaceSwapModule": "repsuite.faceswap",
     "FaceSwapDataModule": "repsuite.faceswap",
+    "FaceSwapper": "repsuite.faceswap",
     "IdentityModule": "repsuite.faceswap",
     "FaceIdentityDataModule": "repsuite.faceswap",
     "load_stylegan2": "repsuite.faceswap",
@@ -40,6 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from repsuite.faceswap import FaceIdentityDataModule as FaceIdentityDataModule
     from repsuite.faceswap import FaceSwapDataModule as FaceSwapDataModule
     from repsuite.faceswap import FaceSwapModule as FaceSwapModule
+    from repsuite.faceswap import FaceSwapper as FaceSwapper
     from repsuite.faceswap import IdentityModule as IdentityModule
     from repsuite.faceswap import load_arcface as load_arcface
     from repsuite.faceswap import load_stylegan2 as load_stylegan2

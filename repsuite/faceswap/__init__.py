@@ -9,6 +9,7 @@ BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fi
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
 from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceJudgeDataModule, FaceSwapDataModule
+from repsuite.faceswap.detection import FaceDetector, Faces, GivenFaces, RetinaFaceDetector, load_retinaface
 from repsuite.faceswap.evaluation import evaluate_swaps, swap_grid_pairs
 from repsuite.faceswap.idnet import IdentityModule
 from repsuite.faceswap.judge import FaceJudge, FaceJudgeConfig, load_judge
@@ -24,9 +25,11 @@ from repsuite.faceswap.stylegan2 import (
     apply_cs_sft,
     stylegan2_channels,
 )
+from repsuite.faceswap.swapper import FaceSwapper, Identity, SwapResult
 
 __all__ = [
     "ArcMarginHead",
+    "FaceDetector",
     "FaceIdentityDataModule",
     "FaceJudge",
     "FaceJudgeConfig",
@@ -36,18 +39,25 @@ __all__ = [
     "FaceSwapGenerator",
     "FaceSwapGeneratorConfig",
     "FaceSwapModule",
+    "FaceSwapper",
+    "Faces",
+    "GivenFaces",
     "IResNet",
+    "Identity",
     "IdentityModule",
+    "RetinaFaceDetector",
     "StyleGAN2Config",
     "StyleGAN2Discriminator",
     "StyleGAN2Generator",
     "SwapJudge",
+    "SwapResult",
     "apply_cs_sft",
     "evaluate_swaps",
     "infer_stylegan2_config",
     "iresnet",
     "load_arcface",
     "load_judge",
+    "load_retinaface",
     "load_stylegan2",
     "load_stylegan2_discriminator",
     "open_judge",

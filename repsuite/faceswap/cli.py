@@ -128,9 +128,39 @@ def _align(ns: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_faces(text: str) -> Any:
+    """``largest``, ``all`` or comma-separated indices (left to right)."""
+    if text in ("largest", "all"):
+        return text
+    try:
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"--faces: expected 'largest', 'all' or indices like '0,2', got {text!r}") from None
+
+
+def _swap_photos(ns: argparse.Namespace) -> int:
+    """Detected faces: the source's largest face onto the chosen faces of the target photo."""
+    from repsuite.faceswap.swapper import FaceSwapper
+
+    faces = _parse_faces(ns.faces)
+    swapper = FaceSwapper.from_checkpoint(ns.ckpt, detector=ns.detector, device=ns.device)
+    result = swapper.swap(ns.source, ns.target, faces=faces, colour_match=not ns.no_colour_match)
+    result.save(ns.output)
+    print(f"swapped {len(result.faces)} face(s) of {Path(ns.target).name} -> {ns.output}")
+    return 0
+
+
 def _swap(ns: argparse.Namespace) -> int:
     import torch
 
+    if ns.detector:
+        from repsuite.errors import InputError
+
+        try:
+            return _swap_photos(ns)
+        except (InputError, ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     try:
         module, sha = _load_module(ns.ckpt, ns.trust_checkpoint)
         size = module.hparams.resolution
@@ -306,7 +336,8 @@ def _add_synth(sub: Any) -> None:  # the subparsers action
 def _add_swap(sub: Any) -> None:  # the subparsers action
     sw = sub.add_parser(
         "swap",
-        help="swap aligned faces (one pair, or two folders by file name), or a photo with --target-landmarks",
+        help="swap faces in photos (--detector), aligned faces (one pair or two folders), or a photo with "
+        "--target-landmarks",
     )
     sw.add_argument("--ckpt", required=True, help="FaceSwapModule checkpoint")
     sw.add_argument("--source", required=True, help="aligned source face (identity) or a folder of them")
@@ -318,6 +349,11 @@ def _add_swap(sub: Any) -> None:  # the subparsers action
     )
     sw.add_argument("--batch-size", type=int, default=8)
     sw.add_argument("--trust-checkpoint", action="store_true", help="allow pickled checkpoints (runs code)")
+    detector = "RetinaFace checkpoint (detection_Resnet50_Final.pth / mobilenet0.25_Final.pth): source and "
+    sw.add_argument("--detector", help=detector + "target are ordinary photos, faces are found")
+    sw.add_argument("--faces", default="largest", help="with --detector: largest, all, or indices '0,2'")
+    sw.add_argument("--no-colour-match", action="store_true", help="with --detector: keep the swap's colours")
+    sw.add_argument("--device", help="with --detector: default cuda when available, else cpu")
     sw.set_defaults(func=_swap)
 
 

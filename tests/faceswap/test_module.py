@@ -12,59 +12,8 @@ from PIL import Image
 from repsuite.cli import main, run_cli
 from repsuite.faceswap import FaceSwapDataModule, FaceSwapModule, load_arcface
 from repsuite.faceswap.data import FaceImageError, PairFolderDataset
-from repsuite.faceswap.synthetic import SyntheticFacesSpec, write_synthetic_faces
+from tests.faceswap.conftest import TINY_MODEL, TRAINER, _data
 from tests.faceswap.test_stylegan2 import gfpgan_generator_keys, random_state
-
-TINY_MODEL = [
-    "--model=FaceSwapModule",
-    "--model.random_prior=true",
-    "--model.train_prior=true",
-    "--model.random_id_encoder=true",
-    "--model.narrow=0.0625",
-    "--model.num_mlp=2",
-    "--model.component_width=8",
-    "--model.r1_every=1",
-    "--model.grid_size=2",
-]
-
-
-@pytest.fixture(scope="module")
-def faces(tmp_path_factory):
-    root = tmp_path_factory.mktemp("faces")
-    spec = SyntheticFacesSpec(
-        resolution=32,
-        identities=4,
-        images_per_identity=3,
-        ffhq_images=4,
-        eval_identities=3,
-        eval_pairs=4,
-        judge_images=48,
-    )
-    return write_synthetic_faces(root, spec)
-
-
-def _data(faces, **extra):
-    args = [
-        "--data=FaceSwapDataModule",
-        f"--data.vggface2_root={faces / 'vggface2_hq'}",
-        f"--data.ffhq_root={faces / 'ffhq'}",
-        f"--data.val_pairs_root={faces / 'pairs'}",
-        "--data.resolution=32",
-        "--data.batch_size=2",
-        "--data.eval_batch_size=2",
-    ]
-    return args + [f"--data.{k}={v}" for k, v in extra.items()]
-
-
-TRAINER = [
-    "--trainer.accelerator=cpu",
-    "--trainer.max_epochs=1",
-    "--trainer.limit_train_batches=2",
-    "--trainer.limit_val_batches=1",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
-    "--trainer.log_every_n_steps=1",
-]
 
 
 def test_fit_logs_every_term_and_the_grid_and_reloads_from_the_checkpoint(faces, in_tmp):
@@ -319,15 +268,6 @@ def test_identity_module_from_python_saves_its_head_size(faces, tmp_path):
     reloaded = IdentityModule.load_from_checkpoint(ckpt, weights_only=True)
     assert reloaded.head.weight.shape[0] == dm.num_classes
     torch.testing.assert_close(reloaded.head.weight, module.head.weight)
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(faces, tmp_path_factory):
-    """A two-step swapper checkpoint for the tool tests."""
-    root = tmp_path_factory.mktemp("tools_run")
-    run_cli(["fit", *TINY_MODEL, *_data(faces), *TRAINER, "--trainer.max_steps=2",
-             f"--trainer.default_root_dir={root}"])  # fmt: skip
-    return str(next(root.glob("**/*.ckpt")))
 
 
 @pytest.fixture(scope="module")

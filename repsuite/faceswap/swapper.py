@@ -1,0 +1,353 @@
+"""``FaceSwapper``: a trained swapper on ordinary photos, in two lines.
+
+    swapper = FaceSwapper.from_checkpoint("swapper.ckpt", detector="detection_Resnet50_Final.pth")
+    swapper.swap("me.jpg", "group.jpg", faces="all").save("swapped.png")
+
+Faces are found by a detector (RetinaFace from its published checkpoint, or any :data:`FaceDetector`),
+aligned to the FFHQ template by their five landmarks, swapped at the model's resolution, colour-matched to
+the target face and pasted back through a feathered face-shaped mask. Pixels outside every pasted mask are
+the input's, bit for bit. Results carry provenance (PNG text chunks; EXIF and XMP for JPEG).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+from repsuite.errors import InputError
+from repsuite.faceswap.align import estimate_similarity, face_template, warp_affine
+from repsuite.faceswap.detection import FaceDetector, Faces, load_retinaface
+
+__all__ = ["FaceSwapper", "Identity", "SwapError", "SwapResult", "face_mask", "match_colour", "read_image"]
+
+ImageInput = (
+    str | os.PathLike | Tensor | Any
+)  # a path, a (3, H, W) uint8 tensor, a PIL image or an (H, W, 3) array
+FaceChoice = Literal["largest", "all"] | int | Sequence[int]
+
+
+class SwapError(InputError):
+    """An input the swapper cannot use (no face, unreadable image, wrong checkpoint); names the file."""
+
+
+def read_image(image: ImageInput, what: str = "image") -> tuple[Tensor, str]:
+    """Any supported image → uint8 RGB (3, H, W) and a name for messages.
+
+    Files are decoded by PIL, turned upright by their EXIF orientation and converted to RGB.
+
+    Raises:
+        SwapError: unreadable file or an array / tensor of another shape or type.
+    """
+    from PIL import Image, ImageOps
+
+    if isinstance(image, Tensor):
+        if image.ndim != 3 or image.shape[0] != 3 or image.dtype != torch.uint8:
+            raise SwapError(
+                f"{what}: expected a uint8 (3, H, W) RGB tensor, got {image.dtype} {tuple(image.shape)}"
+            )
+        return image.cpu(), f"<{what} tensor>"
+    if isinstance(image, (str, os.PathLike)):
+        path = Path(image)
+        try:
+            with Image.open(path) as im:
+                pil = ImageOps.exif_transpose(im).convert("RGB")
+        except FileNotFoundError:
+            raise SwapError(f"{path}: {what} not found") from None
+        except Exception as err:  # PIL.UnidentifiedImageError, truncated files
+            raise SwapError(f"{path}: cannot be read as an image ({err})") from err
+        name = str(path)
+    elif isinstance(image, Image.Image):
+        pil, name = image.convert("RGB"), f"<{what} PIL image>"
+    else:
+        import numpy as np
+
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise SwapError(f"{what}: expected an (H, W, 3) uint8 RGB array, got {arr.dtype} {arr.shape}")
+        return torch.from_numpy(arr.copy()).permute(2, 0, 1), f"<{what} array>"
+    arr = torch.frombuffer(bytearray(pil.tobytes()), dtype=torch.uint8).view(pil.height, pil.width, 3)
+    return arr.permute(2, 0, 1).contiguous(), name
+
+
+def face_mask(size: int, feather: float = 0.12) -> Tensor:
+    """A soft face-shaped mask (1, 1, size, size) over an FFHQ-aligned face: 1 inside, 0 outside.
+
+    An ellipse from the brows to the chin and cheek to cheek (from the 512 px template), falling off
+    linearly over ``feather`` of its radius, so the pasted face blends into the target's own hair and
+    background and the mask is exactly 0 away from the face.
+    """
+    s = size / 512.0
+    ys, xs = torch.meshgrid(
+        torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32), indexing="ij"
+    )
+    r = (((xs - 256 * s) / (150 * s)) ** 2 + ((ys - 300 * s) / (190 * s)) ** 2).sqrt()
+    return ((1 - r) / feather).clamp(0, 1)[None, None]
+
+
+def match_colour(face: Tensor, reference: Tensor, mask: Tensor) -> Tensor:
+    """Shift and scale each channel of ``face`` so its masked mean and spread equal ``reference``'s.
+
+    Args:
+        face: (B, 3, S, S) swapped faces.
+        reference: (B, 3, S, S) the aligned target faces.
+        mask: (1 or B, 1, S, S) weights of the face region.
+    """
+    w = mask / mask.sum((-1, -2), keepdim=True).clamp(min=1e-6)
+
+    def stats(x: Tensor) -> tuple[Tensor, Tensor]:
+        mean = (x * w).sum((-1, -2), keepdim=True)  # (B, 3, 1, 1)
+        return mean, ((x - mean).pow(2) * w).sum((-1, -2), keepdim=True).clamp(min=1e-6).sqrt()
+
+    fm, fs = stats(face)
+    rm, rs = stats(reference)
+    return (face - fm) / fs * rs + rm
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A source identity: its embedding (1, D) and where it came from. Reusable across many targets."""
+
+    embedding: Tensor
+    source: str
+    box: list[float]
+
+
+@dataclass
+class SwapResult:
+    """A swapped image (3, H, W) uint8, the target faces that were swapped, and its provenance record."""
+
+    image: Tensor
+    faces: Faces
+    provenance: dict[str, str] = field(default_factory=dict)
+
+    def to_pil(self) -> Any:
+        """The image as a PIL image."""
+        from PIL import Image
+
+        return Image.fromarray(self.image.permute(1, 2, 0).numpy())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write PNG (provenance as text chunks) or JPEG (as EXIF description and XMP); atomic."""
+        from PIL import Image, PngImagePlugin
+
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".png", ".jpg", ".jpeg"):
+            raise SwapError(f"{path}: write .png or .jpg (both carry the provenance record)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.part")
+        img = self.to_pil()
+        if suffix == ".png":
+            info = PngImagePlugin.PngInfo()
+            for k, v in self.provenance.items():
+                info.add_text(k, str(v))
+            img.save(tmp, format="PNG", pnginfo=info)
+        else:
+            exif = Image.Exif()
+            exif[0x010E] = json.dumps(self.provenance)  # ImageDescription
+            exif[0x0131] = f"repsuite {self.provenance.get('repsuite', '')}"  # Software
+            img.save(tmp, format="JPEG", quality=95, exif=exif, xmp=_xmp(self.provenance))
+        os.replace(tmp, path)
+        return path
+
+
+def _xmp(record: dict[str, str]) -> bytes:
+    """An XMP packet with the provenance as ``repsuite:*`` properties (readable by exiftool and friends)."""
+    from xml.sax.saxutils import quoteattr
+
+    props = " ".join(f"repsuite:{k.replace('-', '_')}={quoteattr(str(v))}" for k, v in record.items())
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        f'xmlns:repsuite="https://github.com/repsuite/ns/1.0/" {props}/></rdf:RDF></x:xmpmeta>'
+        '<?xpacket end="w"?>'
+    ).encode()
+
+
+class FaceSwapper:
+    """A :class:`FaceSwapModule` with a face detector, for photos of any size with any number of faces.
+
+    Args:
+        module: the restored swapper (eval mode).
+        detector: a :data:`FaceDetector` (e.g. :func:`load_retinaface`); None allows only
+            :meth:`swap_aligned`.
+        device: where the swapper (and detector) run.
+        checkpoint: the checkpoint file, recorded in the provenance.
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        detector: FaceDetector | None = None,
+        device: str | torch.device | None = None,
+        checkpoint: str = "",
+    ) -> None:
+        from repsuite._version import __version__
+
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.module = module.to(self.device).eval()
+        self.detector = detector.to(self.device) if isinstance(detector, torch.nn.Module) else detector
+        self.size = int(module.hparams.resolution)
+        self.mask = face_mask(self.size).to(self.device)
+        self.provenance = {"repsuite": __version__, "synthetic": "true", "content": "face swap"}
+        if checkpoint:
+            from repsuite.checkpoints import file_sha256
+
+            self.provenance |= {
+                "repsuite-checkpoint": Path(checkpoint).name,
+                "repsuite-checkpoint-sha256": file_sha256(checkpoint),
+            }
+
+    @classmethod
+    def from_checkpoint(
+        cls,
+        ckpt: str | os.PathLike,
+        *,
+        detector: str | os.PathLike | FaceDetector | None = None,
+        device: str | torch.device | None = None,
+    ) -> FaceSwapper:
+        """Restore a :class:`FaceSwapModule` checkpoint (weights only) and a detector.
+
+        ``detector`` is a RetinaFace checkpoint file (:func:`load_retinaface`) or any :data:`FaceDetector`.
+
+        Raises:
+            SwapError: the checkpoint is missing or not a face-swap checkpoint.
+            CheckpointError: the detector file is not a RetinaFace checkpoint (names the keys).
+        """
+        from repsuite.faceswap.module import FaceSwapModule
+
+        path = Path(ckpt)
+        if not path.is_file():
+            raise SwapError(f"{path}: checkpoint not found")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise SwapError(f"{path}: cannot be read as a weights-only torch checkpoint ({err})") from err
+        weights = state.get("state_dict") if isinstance(state, dict) else None
+        if not isinstance(weights, dict) or not any(k.startswith("generator.") for k in weights):
+            found = sorted(weights or state)[:5] if isinstance(state, dict) else type(state).__name__
+            raise SwapError(
+                f"{path}: not a FaceSwapModule checkpoint (expected `state_dict` with generator.* "
+                f"weights; found {found})"
+            )
+        module = FaceSwapModule._from_state(state)
+        if isinstance(detector, (str, os.PathLike)):
+            detector = load_retinaface(detector)
+        return cls(module, detector, device, str(path))
+
+    # ------------------------------------------------------------------------------------------- faces
+    def detect(self, image: ImageInput) -> Faces:
+        """The faces of one image, numbered left to right (the order ``faces=[...]`` indices refer to)."""
+        pixels, name = read_image(image)
+        return self._detect(pixels, name)
+
+    def _detect(self, pixels: Tensor, name: str) -> Faces:
+        if self.detector is None:
+            raise SwapError(
+                "no face detector: pass detector=PATH (a RetinaFace checkpoint) or a FaceDetector"
+            )
+        faces = self.detector(pixels[None].to(self.device))[0]
+        if len(faces) == 0:
+            raise SwapError(f"{name}: no face found")
+        return faces.select(faces.boxes[:, 0].argsort())
+
+    def _choose(self, faces: Faces, choice: FaceChoice, name: str) -> Faces:
+        if choice == "all":
+            return faces
+        if choice == "largest":
+            return faces.select([int(faces.areas().argmax())])
+        index = [choice] if isinstance(choice, int) else list(choice)
+        bad = [i for i in index if not -len(faces) <= i < len(faces)]
+        if bad or not index:
+            raise SwapError(
+                f"{name}: faces {index} asked for, but {len(faces)} were found (0..{len(faces) - 1}, "
+                "left to right)"
+            )
+        return faces.select([i % len(faces) for i in index])
+
+    def _align(self, pixels: Tensor, landmarks: Tensor) -> tuple[Tensor, Tensor]:
+        """Photo (3, H, W) uint8 and landmarks (N, 5, 2) → aligned faces (N, 3, S, S) in [-1, 1], matrices."""
+        photo = pixels[None].to(self.device).float() / 127.5 - 1  # (1, 3, H, W)
+        m = estimate_similarity(
+            landmarks.to(self.device), face_template(self.size).to(self.device)
+        )  # (N, 2, 3)
+        return warp_affine(photo.expand(len(landmarks), -1, -1, -1), m, (self.size, self.size)), m
+
+    @torch.no_grad()
+    def identity(self, source: ImageInput | Identity, face: Literal["largest"] | int = "largest") -> Identity:
+        """The identity of one face of ``source`` (the largest by default): compute once, swap many."""
+        if isinstance(source, Identity):
+            return source
+        pixels, name = read_image(source, "source")
+        faces = self._choose(self._detect(pixels, name), face, name)
+        aligned, _ = self._align(pixels, faces.landmarks)
+        return Identity(self.module.embedder(aligned), name, faces.boxes[0].tolist())
+
+    # ------------------------------------------------------------------------------------------- swap
+    @torch.no_grad()
+    def swap_aligned(self, identity: Identity, faces: Tensor) -> Tensor:
+        """Aligned target faces (N, 3, S, S) in [-1, 1] → swapped faces, same shape."""
+        gen = self.module.swap_generator()
+        emb = identity.embedding.to(self.device).expand(faces.shape[0], -1)
+        return gen(faces.to(self.device), emb, randomize_noise=False).clamp(-1, 1)
+
+    @torch.no_grad()
+    def swap(
+        self,
+        source: ImageInput | Identity,
+        target: ImageInput,
+        faces: FaceChoice = "largest",
+        colour_match: bool = True,
+    ) -> SwapResult:
+        """Put the identity of ``source`` on the chosen faces of ``target``.
+
+        Args:
+            source: an image (its largest face gives the identity) or an :class:`Identity`.
+            target: the image to change.
+            faces: ``"largest"``, ``"all"``, or indices of the target's faces counted left to right.
+            colour_match: match each swapped face's colour statistics to the target face's.
+
+        Returns:
+            the swapped image; pixels outside the pasted masks equal the target's exactly.
+        """
+        ident = self.identity(source)
+        pixels, name = read_image(target, "target")
+        chosen = self._choose(self._detect(pixels, name), faces, name)
+        aligned, m = self._align(pixels, chosen.landmarks)
+        swapped = self.swap_aligned(ident, aligned)  # (N, 3, S, S)
+        if colour_match:
+            swapped = match_colour(swapped, aligned, self.mask).clamp(-1, 1)
+        image = self.paste(pixels, swapped, m)
+        record = self.provenance | {
+            "source": Path(ident.source).name,
+            "target": Path(name).name,
+            "faces": json.dumps([[round(v, 1) for v in b] for b in chosen.boxes.tolist()]),
+        }
+        return SwapResult(image, chosen, record)
+
+    def paste(self, pixels: Tensor, faces: Tensor, matrices: Tensor) -> Tensor:
+        """Paste aligned faces (N, 3, S, S) in [-1, 1] into a photo (3, H, W) uint8 through :func:`face_mask`.
+
+        Faces are pasted one after another (later ones over earlier ones where masks overlap); pixels whose
+        mask is 0 for every face keep their input value exactly.
+        """
+        import kornia
+
+        h, w = pixels.shape[-2:]
+        out = pixels.to(self.device).float()[None]  # (1, 3, H, W) in [0, 255]
+        touched = torch.zeros(1, 1, h, w, dtype=torch.bool, device=self.device)
+        for face, m in zip(faces, matrices, strict=True):
+            back = kornia.geometry.transform.invert_affine_transform(m[None])  # aligned → photo
+            colour = warp_affine((face[None] + 1) * 127.5, back, (h, w))  # (1, 3, H, W)
+            alpha = warp_affine(self.mask, back, (h, w)).clamp(0, 1)  # (1, 1, H, W)
+            out = out * (1 - alpha) + colour * alpha
+            touched |= alpha > 0
+        result = out.round().clamp(0, 255).to(torch.uint8)[0]
+        return torch.where(touched[0], result, pixels.to(self.device)).cpu()

@@ -1,0 +1,282 @@
+"""``FaceSwapper`` on photos with several faces, and RetinaFace from its published key layout."""
+
+import json
+import math
+
+import pytest
+import torch
+from PIL import Image
+
+from repsuite.checkpoints import CheckpointError
+from repsuite.cli import main
+from repsuite.faceswap.align import face_template, warp_affine
+from repsuite.faceswap.detection import (
+    Faces,
+    GivenFaces,
+    RetinaFaceConfig,
+    decode_boxes,
+    decode_landmarks,
+    load_retinaface,
+    prior_boxes,
+)
+from repsuite.faceswap.swapper import FaceSwapper, SwapError, face_mask
+from repsuite.faceswap.synthetic import render_face, sample_attributes, sample_identity
+
+# ------------------------------------------------------------------------------------------ a photo
+#: (centre x, centre y, face size in px, rotation in degrees) of the three faces, left to right
+PLACES = [(50.0, 60.0, 64.0, -15.0), (130.0, 50.0, 40.0, 0.0), (200.0, 70.0, 80.0, 20.0)]
+
+
+def _similarity(size: int, cx: float, cy: float, side: float, degrees: float) -> torch.Tensor:
+    """Aligned face pixel → photo pixel (2, 3): scale to ``side``, rotate, centre at (cx, cy)."""
+    a = math.radians(degrees)
+    s = side / size
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]]) * s
+    c = torch.tensor([(size - 1) / 2, (size - 1) / 2])
+    t = torch.tensor([cx, cy]) - rot @ c
+    return torch.cat([rot, t[:, None]], dim=1)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """A 250 × 140 photo with three rendered faces at different sizes and angles, and their true faces."""
+    g = torch.Generator().manual_seed(3)
+    size = 64
+    photo = torch.full((1, 3, 140, 250), 0.35)
+    boxes, marks = [], []
+    for cx, cy, side, deg in PLACES:
+        img, lm = render_face(sample_identity(g), sample_attributes(g), size)
+        m = _similarity(size, cx, cy, side, deg)
+        square = warp_affine(torch.ones(1, 1, size, size), m[None], (140, 250))
+        photo = photo * (1 - square) + warp_affine(img[None], m[None], (140, 250)) * square
+        pts = lm @ m[:, :2].T + m[:, 2]  # (5, 2) in the photo
+        corners = torch.tensor([[0.0, 0.0], [size, 0.0], [0.0, size], [size, size]]) @ m[:, :2].T + m[:, 2]
+        boxes.append(torch.cat([corners.min(0).values, corners.max(0).values]))
+        marks.append(pts)
+    pixels = (photo[0] * 255).round().to(torch.uint8)
+    truth = Faces(torch.stack(boxes), torch.ones(3), torch.stack(marks))
+    return pixels, truth
+
+
+def test_chosen_faces_only_change_and_the_rest_is_bit_identical(tiny_ckpt, scene):
+    pixels, truth = scene
+    shuffled = truth.select([2, 0, 1])  # the detector's own order does not matter: faces count left to right
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([shuffled]), device="cpu")
+    source = pixels[:, 20:110, 10:100].contiguous()  # a crop holding the first face: the source photo
+    crop_face = Faces(truth.boxes[:1] - torch.tensor([10.0, 20.0, 10.0, 20.0]), truth.scores[:1],
+                      truth.landmarks[:1] - torch.tensor([10.0, 20.0]))  # fmt: skip
+    swapper.detector = GivenFaces([crop_face])
+    identity = swapper.identity(source)  # computed once, used for every target below
+    swapper.detector = GivenFaces([shuffled])
+    result = swapper.swap(identity, pixels, faces=[0, 2])
+    assert result.image.shape == pixels.shape and result.image.dtype == torch.uint8
+    assert torch.equal(result.faces.boxes, truth.boxes[[0, 2]])
+    # the support of each pasted mask, computed here from the true landmarks and the documented ellipse
+    size = swapper.size
+    mask = face_mask(size)
+    changed = torch.zeros(140, 250, dtype=torch.bool)
+    for i in (0, 2):
+        from repsuite.faceswap.align import estimate_similarity
+
+        m = estimate_similarity(truth.landmarks[i : i + 1], face_template(size)[None])  # photo → aligned
+        inv = torch.linalg.inv(torch.cat([m[0], torch.tensor([[0.0, 0.0, 1.0]])]))[:2]
+        changed |= warp_affine(mask, inv[None], (140, 250))[0, 0] > 0
+    outside = ~changed
+    assert torch.equal(result.image[:, outside], pixels[:, outside])  # bit-identical outside the masks
+    diff = (result.image.int() - pixels.int()).abs().sum(0)
+    assert diff[changed].float().mean() > 2  # the swapped faces did change
+    cx, cy = int(PLACES[1][0]), int(PLACES[1][1])
+    assert torch.equal(
+        result.image[:, cy - 15 : cy + 15, cx - 15 : cx + 15], pixels[:, cy - 15 : cy + 15, cx - 15 : cx + 15]
+    )
+    # largest = the third face; all = every face
+    assert torch.equal(swapper.swap(identity, pixels).faces.boxes, truth.boxes[[2]])
+    assert len(swapper.swap(identity, pixels, faces="all").faces) == 3
+
+
+def test_provenance_in_png_and_jpeg_and_atomic_writes(tiny_ckpt, scene, tmp_path):
+    pixels, truth = scene
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
+    result = swapper.swap(pixels, pixels, faces="largest")
+    png = result.save(tmp_path / "out.png")
+    with Image.open(png) as im:
+        assert im.text["synthetic"] == "true" and len(im.text["repsuite-checkpoint-sha256"]) == 64
+    jpg = result.save(tmp_path / "out.jpg")
+    with Image.open(jpg) as im:
+        record = json.loads(im.getexif()[0x010E])
+        assert record["content"] == "face swap" and "repsuite" in im.info.get("xmp", b"").decode()
+    with pytest.raises(SwapError, match=r"write \.png or \.jpg"):
+        result.save(tmp_path / "out.gif")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.jpg", "out.png"]  # no partial files left
+
+
+def test_bad_inputs_are_named(tiny_ckpt, scene, tmp_path):
+    pixels, truth = scene
+    none = Faces(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2))
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([none]), device="cpu")
+    with pytest.raises(SwapError, match="no face found"):
+        swapper.swap(pixels, pixels)
+    swapper.detector = GivenFaces([truth])
+    with pytest.raises(SwapError, match=r"faces \[5\] asked for, but 3 were found"):
+        swapper.swap(pixels, pixels, faces=[5])
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(SwapError, match=r"bad\.jpg: cannot be read as an image"):
+        swapper.swap(pixels, bad)
+    with pytest.raises(SwapError, match="not a FaceSwapModule checkpoint"):
+        other = tmp_path / "nlq.ckpt"
+        torch.save({"state_dict": {"model.x": torch.zeros(1)}}, other)
+        FaceSwapper.from_checkpoint(other)
+    wrong = tmp_path / "arcface.pth"
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, wrong)
+    with pytest.raises(CheckpointError, match="not a RetinaFace checkpoint"):
+        FaceSwapper.from_checkpoint(tiny_ckpt, detector=wrong)
+    with pytest.raises(SwapError, match="no face detector"):
+        FaceSwapper.from_checkpoint(tiny_ckpt).swap(pixels, pixels)
+
+
+def test_swap_command_on_photos(tiny_ckpt, scene, tmp_path, monkeypatch, capsys):
+    pixels, truth = scene
+    photo = tmp_path / "group.png"
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(photo)
+    monkeypatch.setattr("repsuite.faceswap.swapper.load_retinaface", lambda path: GivenFaces([truth]))
+    (tmp_path / "det.pth").write_bytes(b"")
+    out = tmp_path / "swapped.jpg"
+    args = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", str(photo), "--target", str(photo)]
+    assert main([*args, "--detector", str(tmp_path / "det.pth"), "--faces", "0,2", "-o", str(out)]) == 0
+    assert "2 face(s)" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (250, 140)
+    bad = tmp_path / "none.png"
+    missing = [*args[:6], "--target", str(tmp_path / "missing.png"), "--detector", str(tmp_path / "det.pth")]
+    assert main([*missing, "-o", str(bad)]) == 1
+    assert "missing.png: target not found" in capsys.readouterr().err and not bad.exists()
+
+
+# ------------------------------------------------------------------------------------------ RetinaFace
+def _official_keys(body: str) -> dict[str, torch.Size]:
+    """The key layout of detection_Resnet50_Final.pth / mobilenet0.25_Final.pth, written out here.
+
+    Body: torchvision's ResNet-50 up to layer4 (IntermediateLayerGetter keeps conv1, bn1, layer1..4), or
+    MobileNetV1-0.25 stage1..3 (conv_bn then conv_dw blocks: depthwise conv, BN, pointwise conv, BN).
+    """
+    keys: dict[str, torch.Size] = {}
+
+    def bn(prefix, c):
+        for n in ("weight", "bias", "running_mean", "running_var"):
+            keys[f"{prefix}.{n}"] = torch.Size([c])
+        keys[f"{prefix}.num_batches_tracked"] = torch.Size([])
+
+    def conv(prefix, c_out, c_in, k):
+        keys[f"{prefix}.weight"] = torch.Size([c_out, c_in, k, k])
+
+    if body == "resnet50":
+        from torchvision.models import resnet50
+
+        for k, v in resnet50(weights=None).state_dict().items():
+            if not k.startswith("fc."):
+                keys[f"body.{k}"] = v.shape
+        levels, out = (512, 1024, 2048), 256
+    else:
+        conv("body.stage1.0.0", 8, 3, 3)
+        bn("body.stage1.0.1", 8)
+        plan = {"stage1": [(8, 16), (16, 32), (32, 32), (32, 64), (64, 64)],
+                "stage2": [(64, 128)] + [(128, 128)] * 5, "stage3": [(128, 256), (256, 256)]}  # fmt: skip
+        for stage, blocks in plan.items():
+            for i, (c_in, c_out) in enumerate(blocks, start=1 if stage == "stage1" else 0):
+                keys[f"body.{stage}.{i}.0.weight"] = torch.Size([c_in, 1, 3, 3])
+                bn(f"body.{stage}.{i}.1", c_in)
+                conv(f"body.{stage}.{i}.3", c_out, c_in, 1)
+                bn(f"body.{stage}.{i}.4", c_out)
+        levels, out = (64, 128, 256), 64
+    for i, c in enumerate(levels, 1):
+        conv(f"fpn.output{i}.0", out, c, 1)
+        bn(f"fpn.output{i}.1", out)
+    for i in (1, 2):
+        conv(f"fpn.merge{i}.0", out, out, 3)
+        bn(f"fpn.merge{i}.1", out)
+    for s in (1, 2, 3):
+        for name, c_out, c_in in [("conv3X3", out // 2, out), ("conv5X5_1", out // 4, out),
+                                  ("conv5X5_2", out // 4, out // 4), ("conv7X7_2", out // 4, out // 4),
+                                  ("conv7x7_3", out // 4, out // 4)]:  # fmt: skip
+            conv(f"ssh{s}.{name}.0", c_out, c_in, 3)
+            bn(f"ssh{s}.{name}.1", c_out)
+    for head, n in (("ClassHead", 4), ("BboxHead", 8), ("LandmarkHead", 20)):
+        for i in range(3):
+            conv(f"{head}.{i}.conv1x1", n, out, 1)
+            keys[f"{head}.{i}.conv1x1.bias"] = torch.Size([n])
+    return keys
+
+
+@pytest.mark.parametrize("body", ["resnet50", "mobilenet0.25"])
+def test_loads_the_published_key_layout_with_its_module_prefix(body, tmp_path):
+    g = torch.Generator().manual_seed(0)
+    state = {
+        f"module.{k}": torch.randn(s, generator=g) if s else torch.tensor(0)
+        for k, s in _official_keys(body).items()
+    }
+    state = {k: v.abs() if "running_var" in k else v for k, v in state.items()}
+    path = tmp_path / "retinaface.pth"
+    torch.save(state, path)
+    detector = load_retinaface(path)
+    assert detector.net.cfg.body == body
+    loaded = detector.net.state_dict()
+    assert all(torch.equal(loaded[k[len("module.") :]], v) for k, v in state.items())
+    boxes, logits, marks = detector.net(torch.zeros(1, 3, 64, 96))
+    priors = prior_boxes(detector.net.cfg, 64, 96)
+    assert boxes.shape == (1, len(priors), 4) and logits.shape[1] == marks.shape[1] == len(priors)
+    del state[f"module.{'ClassHead.0.conv1x1.bias'}"]
+    state["module.extra.weight"] = torch.zeros(1)
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"1 missing keys \['ClassHead.0.conv1x1.bias'\].*extra.weight"):
+        load_retinaface(path)
+
+
+def test_priors_and_decoding_match_a_plain_recomputation():
+    cfg = RetinaFaceConfig("mobilenet0.25")
+    h, w = 70, 100
+    priors = prior_boxes(cfg, h, w)
+    plain = []
+    for step, sizes in zip(cfg.steps, cfg.min_sizes, strict=True):
+        for i in range(math.ceil(h / step)):
+            for j in range(math.ceil(w / step)):
+                for s in sizes:
+                    plain.append([(j + 0.5) * step / w, (i + 0.5) * step / h, s / w, s / h])
+    torch.testing.assert_close(priors, torch.tensor(plain))
+    g = torch.Generator().manual_seed(1)
+    loc, pre = torch.randn(len(priors), 4, generator=g), torch.randn(len(priors), 10, generator=g)
+    boxes, marks = decode_boxes(loc, priors), decode_landmarks(pre, priors)
+    for p in (0, 57, len(priors) - 1):
+        cx, cy, pw, ph = priors[p].tolist()
+        x = cx + loc[p, 0] * 0.1 * pw
+        y = cy + loc[p, 1] * 0.1 * ph
+        bw, bh = pw * math.exp(loc[p, 2] * 0.2), ph * math.exp(loc[p, 3] * 0.2)
+        torch.testing.assert_close(boxes[p], torch.tensor([x - bw / 2, y - bh / 2, x + bw / 2, y + bh / 2]))
+        for k in range(5):
+            want = [cx + pre[p, 2 * k] * 0.1 * pw, cy + pre[p, 2 * k + 1] * 0.1 * ph]
+            torch.testing.assert_close(marks[p, k], torch.tensor(want))
+
+
+def test_detector_thresholds_decodes_to_pixels_and_suppresses_duplicates(tmp_path, monkeypatch):
+    state = {k: torch.zeros(s) if s else torch.tensor(0) for k, s in _official_keys("mobilenet0.25").items()}
+    state = {k: torch.ones_like(v) if "running_var" in k else v for k, v in state.items()}
+    torch.save(state, tmp_path / "m.pth")
+    detector = load_retinaface(tmp_path / "m.pth", max_size=None)
+    priors = prior_boxes(detector.net.cfg, 64, 96)
+    logits, loc = torch.zeros(2, len(priors), 2), torch.zeros(2, len(priors), 4)
+    logits[0, 10, 1], logits[0, 11, 1] = 5.0, 4.5  # the two anchors (16, 32 px) of one cell ...
+    loc[0, 11, 2:] = math.log(0.5) / 0.2  # ... the second regressed to the first's box: NMS keeps one
+    logits[0, 200, 1] = 4.0  # another face
+    logits[1, 200, 1] = 1.0  # below the 0.8 threshold (p = 0.73)
+
+    def fake(x):
+        return loc, logits, torch.zeros(2, len(priors), 10)
+
+    monkeypatch.setattr(detector.net, "forward", fake)
+    found = detector(torch.zeros(2, 3, 64, 96, dtype=torch.uint8))
+    assert len(found[0]) == 2 and len(found[1]) == 0
+    cx, cy, pw, ph = priors[10].tolist()
+    want = torch.tensor([(cx - pw / 2) * 96, (cy - ph / 2) * 64, (cx + pw / 2) * 96, (cy + ph / 2) * 64])
+    torch.testing.assert_close(found[0].boxes[0], want)
+    torch.testing.assert_close(found[0].landmarks[0], torch.tensor([[cx * 96, cy * 64]] * 5))
+    assert found[0].scores[0] > found[0].scores[1]
