@@ -141,9 +141,17 @@ def _parse_faces(text: str) -> Any:
 def _swap_photos(ns: argparse.Namespace) -> int:
     """Detected faces: the source's largest face onto the chosen faces of the target photo."""
     from repsuite.faceswap.swapper import FaceSwapper
+    from repsuite.faceswap.video import VIDEO_SUFFIXES
 
     faces = _parse_faces(ns.faces)
     swapper = FaceSwapper.from_checkpoint(ns.ckpt, detector=ns.detector, device=ns.device)
+    if Path(ns.target).suffix.lower() in VIDEO_SUFFIXES:
+        report = swapper.swap_video(
+            ns.source, ns.target, ns.output, faces=faces, detect_every=ns.detect_every, label=not ns.no_label,
+            batch_size=ns.batch_size, colour_match=not ns.no_colour_match,
+        )  # fmt: skip
+        print("\n".join(report.lines()))
+        return 0
     result = swapper.swap(ns.source, ns.target, faces=faces, colour_match=not ns.no_colour_match)
     result.save(ns.output)
     print(f"swapped {len(result.faces)} face(s) of {Path(ns.target).name} -> {ns.output}")
@@ -354,6 +362,10 @@ def _add_swap(sub: Any) -> None:  # the subparsers action
     sw.add_argument("--faces", default="largest", help="with --detector: largest, all, or indices '0,2'")
     sw.add_argument("--no-colour-match", action="store_true", help="with --detector: keep the swap's colours")
     sw.add_argument("--device", help="with --detector: default cuda when available, else cpu")
+    every = "with a video --target: run the detector on every N-th frame (landmarks smoothed in between)"
+    sw.add_argument("--detect-every", type=int, default=1, metavar="N", help=every)
+    no_label = "with a video --target: no visible 'AI-generated' corner label (recorded in the metadata)"
+    sw.add_argument("--no-label", action="store_true", help=no_label)
     sw.set_defaults(func=_swap)
 
 

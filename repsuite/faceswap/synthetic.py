@@ -44,6 +44,7 @@ __all__ = [
     "render_face",
     "sample_attributes",
     "sample_identity",
+    "write_face_video",
     "write_judge_faces",
     "write_synthetic_faces",
 ]
@@ -346,3 +347,74 @@ def write_judge_faces(root: str | Path, count: int, resolution: int, seed: int) 
     }
     (root / "params.json").write_text(json.dumps(meta))
     return root
+
+
+def write_face_video(
+    path: str | Path,
+    seconds: float = 5.0,
+    fps: int = 12,
+    size: tuple[int, int] = (160, 96),
+    face: int = 48,
+    no_face_frames: int = 6,
+    audio: bool = True,
+    seed: int = 0,
+) -> tuple[Path, list]:
+    """A video of one synthetic face moving left to right, for face-swap demos, tests and benchmarks.
+
+    The face is absent in the first ``no_face_frames`` frames; a 440 Hz tone plays as AAC audio. The
+    video is lossless H.264 (yuv444p, qp 0), so frames read back as written.
+
+    Returns:
+        the path and each frame's true faces (:class:`~repsuite.faceswap.detection.Faces`, empty when the
+        face is absent).
+    """
+    import av
+    import numpy as np
+
+    from repsuite.faceswap.align import warp_affine
+    from repsuite.faceswap.detection import Faces
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    img, lm = render_face(sample_identity(g), sample_attributes(g), face)
+    width, height = size
+    frames = round(seconds * fps)
+    truth = []
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv444p"
+        stream.options = {"qp": "0", "preset": "ultrafast"}
+        sound = container.add_stream("aac", rate=16000) if audio else None
+        if sound is not None:
+            sound.layout = "mono"
+        for i in range(frames):
+            canvas = torch.full((1, 3, height, width), 0.4)
+            if i >= no_face_frames:
+                x = 5 + (width - face - 10) * (i - no_face_frames) / max(1, frames - no_face_frames - 1)
+                m = torch.tensor([[1.0, 0.0, x], [0.0, 1.0, (height - face) / 2]])
+                square = warp_affine(torch.ones(1, 1, face, face), m[None], (height, width))
+                canvas = canvas * (1 - square) + warp_affine(img[None], m[None], (height, width)) * square
+                pts = lm + m[:, 2]
+                box = torch.cat([m[:, 2], m[:, 2] + face])
+                truth.append(Faces(box[None], torch.ones(1), pts[None]))
+            else:
+                truth.append(Faces(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2)))
+            rgb = (canvas[0] * 255).round().byte().permute(1, 2, 0).numpy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+        if sound is not None:
+            t = np.arange(int(seconds * 16000)) / 16000
+            tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+            for start in range(0, len(tone), 1024):
+                chunk = av.AudioFrame.from_ndarray(
+                    tone[None, start : start + 1024], format="fltp", layout="mono"
+                )
+                chunk.sample_rate, chunk.pts = 16000, start
+                for packet in sound.encode(chunk):
+                    container.mux(packet)
+            for packet in sound.encode():
+                container.mux(packet)
+    return path, truth

@@ -1,5 +1,6 @@
 """``FaceSwapper`` on photos with several faces, and RetinaFace from its published key layout."""
 
+import itertools
 import json
 import math
 
@@ -280,3 +281,142 @@ def test_detector_thresholds_decodes_to_pixels_and_suppresses_duplicates(tmp_pat
     torch.testing.assert_close(found[0].boxes[0], want)
     torch.testing.assert_close(found[0].landmarks[0], torch.tensor([[cx * 96, cy * 64]] * 5))
     assert found[0].scores[0] > found[0].scores[1]
+
+
+# ------------------------------------------------------------------------------------------ video
+class FrameDetector:
+    """Ground truth per frame (by call order), optionally failing on some frames."""
+
+    def __init__(self, truth, fail_on=()):
+        self.truth, self.fail_on, self.calls = truth, set(fail_on), []
+
+    def __call__(self, images):
+        index = len(self.calls)
+        self.calls.append(index)
+        if index in self.fail_on:
+            raise RuntimeError("detector crashed")
+        return [self.truth[index]]
+
+
+def _frames(path):
+    import av
+
+    with av.open(str(path)) as c:
+        return [torch.from_numpy(f.to_ndarray(format="rgb24")).permute(2, 0, 1) for f in c.decode(video=0)]
+
+
+def test_video_end_to_end_with_audio_label_and_counts(tiny_ckpt, tmp_path):
+    import av
+
+    from tests.helpers.videos import write_face_clip
+
+    clip, truth = write_face_clip(tmp_path / "clip.mp4", seconds=5, fps=12)
+    swapper = FaceSwapper.from_checkpoint(
+        tiny_ckpt, detector=FrameDetector(truth, fail_on=[20]), device="cpu"
+    )
+    source = tmp_path / "me.png"
+    Image.fromarray(_frames(clip)[30].permute(1, 2, 0).numpy()).save(source)
+    swapper.detector = GivenFaces([truth[30]])
+    identity = swapper.identity(source)
+    swapper.detector = FrameDetector(truth, fail_on=[20])
+    report = swapper.swap_video(identity, clip, tmp_path / "out.mp4", batch_size=4, progress=False)
+    assert (report.frames, report.no_face, report.failed, report.swapped) == (60, 6, 1, 53)
+    assert "frame 20: detection failed" in report.failures[0] and report.fps > 0
+    assert set(report.seconds) == {"decode", "detect", "swap", "paste", "encode"}
+    with av.open(str(tmp_path / "out.mp4")) as c, av.open(str(clip)) as src:
+        record = json.loads(c.metadata["comment"])
+        assert record["label"] == "visible" and record["synthetic"] == "true"
+        assert c.streams.audio and c.streams.audio[0].codec_context.name == "aac"
+        a_in = sum(p.size for p in src.demux(audio=0))
+        a_out = sum(p.size for p in c.demux(audio=0))
+        assert a_in == a_out > 0  # audio copied packet for packet
+    before, after = _frames(clip), _frames(tmp_path / "out.mp4")
+    assert len(after) == 60
+    corner = (slice(None), slice(80, 96), slice(100, 160))
+    assert (after[0][corner].float() - before[0][corner].float()).abs().mean() > 20  # the visible label
+    body = (slice(None), slice(0, 70), slice(None))
+    assert (after[2][body].float() - before[2][body].float()).abs().mean() < 3  # no face: unchanged (lossy)
+    assert (after[20][body].float() - before[20][body].float()).abs().mean() < 3  # failed: unchanged
+    assert (after[40][body].float() - before[40][body].float()).abs().mean() > 1  # swapped
+    # every third frame detected; no label; nothing left behind but the outputs
+    swapper.detector = FrameDetector(truth[::3])  # called on frames 0, 3, 6, ...
+    report = swapper.swap_video(
+        identity, clip, tmp_path / "plain.mp4", detect_every=3, label=False, progress=False
+    )
+    assert swapper.detector.calls == list(range(20)) and report.swapped == 54
+    with av.open(str(tmp_path / "plain.mp4")) as c:
+        assert json.loads(c.metadata["comment"])["label"] == "none (--no-label)"
+    plain = _frames(tmp_path / "plain.mp4")
+    assert (plain[0][corner].float() - before[0][corner].float()).abs().mean() < 3
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_landmark_smoothing_damps_jitter():
+    from repsuite.faceswap.video import LandmarkSmoother
+
+    g = torch.Generator().manual_seed(0)
+    base = face_template(64) + 20
+    smoother, raw, smooth = LandmarkSmoother(0.3), [], []
+    for _ in range(40):
+        marks = base + torch.randn(5, 2, generator=g)
+        f = Faces(torch.tensor([[20.0, 20.0, 84.0, 84.0]]), torch.ones(1), marks[None])
+        raw.append(marks)
+        smooth.append(smoother(f).landmarks[0])
+    jitter = lambda xs: torch.stack([b - a for a, b in itertools.pairwise(xs)]).norm(dim=-1).mean()  # noqa: E731
+    assert jitter(smooth) < 0.5 * jitter(raw)
+    far = Faces(torch.tensor([[200.0, 20.0, 264.0, 84.0]]), torch.ones(1), (base + 180)[None])
+    assert torch.equal(smoother(far).landmarks, far.landmarks)  # a different face is not pulled back
+
+
+def test_swap_command_on_a_video(tiny_ckpt, tmp_path, monkeypatch, capsys):
+    import av
+
+    from tests.helpers.videos import write_face_clip
+
+    clip, truth = write_face_clip(tmp_path / "clip.mp4", seconds=2, fps=6, no_face_frames=2)
+    source = tmp_path / "me.png"
+    Image.fromarray(_frames(clip)[5].permute(1, 2, 0).numpy()).save(source)
+    monkeypatch.setattr(
+        "repsuite.faceswap.swapper.load_retinaface", lambda path: FrameDetector([truth[5], *truth])
+    )
+    (tmp_path / "det.pth").write_bytes(b"")
+    out = tmp_path / "out.mp4"
+    args = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", str(source), "--target", str(clip)]
+    assert main([*args, "--detector", str(tmp_path / "det.pth"), "--no-label", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "12 frames, 10 swapped, 2 without a face" in printed and "frames/s" in printed
+    with av.open(str(out)) as c:
+        assert json.loads(c.metadata["comment"])["label"] == "none (--no-label)"
+
+
+def test_bad_video_is_named_and_nothing_written(tiny_ckpt, scene, tmp_path):
+    pixels, truth = scene
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
+    bad = tmp_path / "broken.mp4"
+    bad.write_bytes(b"\x00" * 100)
+    with pytest.raises(SwapError, match=r"broken\.mp4: cannot be opened as a video"):
+        swapper.swap_video(pixels, bad, tmp_path / "out.mp4", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["broken.mp4"]
+
+
+@pytest.mark.slow
+def test_video_benchmark_runs(tiny_ckpt, tmp_path):
+    import subprocess
+
+    from tests.conftest import PYTHON, ROOT, subprocess_env
+
+    out = tmp_path / "video.json"
+    cmd = [
+        PYTHON,
+        str(ROOT / "benchmarks/faceswap_video.py"),
+        "--ckpt",
+        tiny_ckpt,
+        "--quick",
+        "--out",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["frames"] == 25 and result["frames_per_second"] > 0
+    assert set(result["seconds_by_stage"]) == {"decode", "detect", "swap", "paste", "encode"}

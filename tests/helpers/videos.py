@@ -45,3 +45,10 @@ def write_video(path: str | Path, num_frames: int, fps: float | Fraction = 30, r
         for packet in stream.encode():
             container.mux(packet)
     return path
+
+
+def write_face_clip(path, seconds=5.0, fps=12, size=(160, 96), face=48, no_face_frames=6, audio=True, seed=0):
+    """:func:`repsuite.faceswap.synthetic.write_face_video` with the tests' defaults."""
+    from repsuite.faceswap.synthetic import write_face_video
+
+    return write_face_video(path, seconds, fps, size, face, no_face_frames, audio, seed)
