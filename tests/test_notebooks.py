@@ -16,9 +16,11 @@ def test_there_are_notebooks():
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_executes(path: Path, monkeypatch):
+def test_notebook_executes(path: Path, monkeypatch, tmp_path):
     # notebooks that train a long demo (03_faceswap_demo) switch to a few-step schedule under this flag
     monkeypatch.setenv("REPSUITE_NOTEBOOK_QUICK", "1")
+    # their tempfile.mkdtemp() folders (hundreds of MB of demo data) land under pytest's own, cleaned, tmp
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
     nb = nbformat.read(path, as_version=4)
     # run from notebooks/ like a user; the notebooks write their outputs to temporary folders
     resources = {"metadata": {"path": str(path.parent)}}
