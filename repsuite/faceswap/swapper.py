@@ -19,11 +19,20 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
+from repsuite.checkpoints import file_sha256
 from repsuite.errors import InputError
 from repsuite.faceswap.align import estimate_similarity, face_template, warp_affine
-from repsuite.faceswap.detection import FaceDetector, Faces, load_retinaface
+from repsuite.faceswap.detection import (
+    FaceDetector,
+    Faces,
+    RetinaFace,
+    RetinaFaceConfig,
+    RetinaFaceDetector,
+    load_retinaface,
+)
 
 __all__ = ["FaceSwapper", "Identity", "SwapError", "SwapResult", "face_mask", "match_colour", "read_image"]
 
@@ -31,6 +40,9 @@ ImageInput = (
     str | os.PathLike | Tensor | Any
 )  # a path, a (3, H, W) uint8 tensor, a PIL image or an (H, W, 3) array
 FaceChoice = Literal["largest", "all"] | int | Sequence[int]
+#: ``format`` of the config.json :meth:`FaceSwapper.save_pretrained` writes.
+PRETRAINED_FORMAT = "repsuite-face-swapper/1"
+WEIGHTS_NAME = "model.safetensors"
 
 
 class SwapError(InputError):
@@ -171,8 +183,12 @@ def _xmp(record: dict[str, str]) -> bytes:
     ).encode()
 
 
-class FaceSwapper:
+class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping", "synthetic-media"]):
     """A :class:`FaceSwapModule` with a face detector, for photos of any size with any number of faces.
+
+    ``save_pretrained(DIR)`` / ``FaceSwapper.from_pretrained(DIR)`` share it in the Hugging Face hub layout
+    (``config.json``, ``model.safetensors`` with the swapper and, when it is RetinaFace, the detector, a
+    model card); ``from_pretrained`` reads a local directory only.
 
     Args:
         module: the restored swapper (eval mode).
@@ -198,8 +214,6 @@ class FaceSwapper:
         self.mask = face_mask(self.size).to(self.device)
         self.provenance = {"repsuite": __version__, "synthetic": "true", "content": "face swap"}
         if checkpoint:
-            from repsuite.checkpoints import file_sha256
-
             self.provenance |= {
                 "repsuite-checkpoint": Path(checkpoint).name,
                 "repsuite-checkpoint-sha256": file_sha256(checkpoint),
@@ -241,6 +255,84 @@ class FaceSwapper:
         if isinstance(detector, (str, os.PathLike)):
             detector = load_retinaface(detector)
         return cls(module, detector, device, str(path))
+
+    # ------------------------------------------------------------------------------------------- sharing
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """config.json (swapper hyper-parameters and architecture, detector body) + all weights."""
+        from safetensors.torch import save_file
+
+        module = self.module
+        detector = self.detector if isinstance(self.detector, RetinaFaceDetector) else None
+        config = {
+            "format": PRETRAINED_FORMAT,
+            "module_hparams": {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")},
+            "architecture": module.architecture(),
+            "detector": None if detector is None else {
+                "body": detector.net.cfg.body, "threshold": detector.threshold, "nms_iou": detector.nms_iou,
+                "max_size": detector.max_size,
+            },
+        }  # fmt: skip
+        (Path(save_directory) / "config.json").write_text(json.dumps(config, indent=1))
+        state = {f"swapper.{k}": v for k, v in module.state_dict().items()}
+        if detector is not None:
+            state |= {f"detector.{k}": v for k, v in detector.net.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
+        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        directory: str | os.PathLike,
+        *,
+        detector: str | os.PathLike | FaceDetector | None = None,
+        device: str | torch.device | None = None,
+    ) -> FaceSwapper:
+        """A swapper from a folder written by :meth:`save_pretrained` (local only: nothing is downloaded).
+
+        ``detector`` replaces the saved one (or supplies one when none was saved).
+
+        Raises:
+            SwapError: not a directory, or not one a repsuite face swapper wrote.
+        """
+        path = Path(directory)
+        if not path.is_dir():
+            raise SwapError(f"{path}: not a directory (from_pretrained reads a save_pretrained folder)")
+        return super().from_pretrained(path, local_files_only=True, detector=detector, device=device)
+
+    @classmethod
+    def _from_pretrained(
+        cls, *, model_id: str, config: dict | None = None, detector: Any = None, device: Any = None, **_: Any
+    ) -> FaceSwapper:
+        from safetensors.torch import load_file
+
+        from repsuite.faceswap.module import ARCHITECTURE_KEY, FaceSwapModule
+
+        path = Path(model_id)
+        if not config or config.get("format") != PRETRAINED_FORMAT or not (path / WEIGHTS_NAME).is_file():
+            raise SwapError(
+                f"{path}: not a face swapper folder (expected config.json with format {PRETRAINED_FORMAT!r} "
+                f"and {WEIGHTS_NAME})"
+            )
+        state = load_file(str(path / WEIGHTS_NAME))
+        part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("swapper.")}
+        module = FaceSwapModule._from_state(
+            {"hyper_parameters": config["module_hparams"], ARCHITECTURE_KEY: config["architecture"],
+             "state_dict": part}
+        )  # fmt: skip
+        saved = config.get("detector")
+        if isinstance(detector, (str, os.PathLike)):
+            detector = load_retinaface(detector)
+        elif detector is None and saved:
+            net = RetinaFace(RetinaFaceConfig(saved["body"]))
+            net.load_state_dict(
+                {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("detector.")}
+            )
+            args = {k: saved[k] for k in ("threshold", "nms_iou", "max_size")}
+            detector = RetinaFaceDetector(net, **args)
+        swapper = cls(module, detector, device)
+        swapper.provenance |= {"repsuite-checkpoint": path.name,
+                               "repsuite-checkpoint-sha256": file_sha256(path / WEIGHTS_NAME)}  # fmt: skip
+        return swapper
 
     # ------------------------------------------------------------------------------------------- faces
     def detect(self, image: ImageInput) -> Faces:

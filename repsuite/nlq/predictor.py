@@ -15,6 +15,7 @@ dataset's own helpers and :meth:`NLQModule.predict_windows`, so the windows and 
 from __future__ import annotations
 
 import contextlib
+import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
 from repsuite.errors import InputError
@@ -32,6 +34,10 @@ from repsuite.nlq.model import NLQModel, NLQModelConfig
 from repsuite.nlq.module import MODEL_CONFIG_KEY, NLQModule
 
 __all__ = ["Moment", "NLQAnswer", "NLQPredictor", "PredictorError"]
+
+#: ``format`` of the config.json :meth:`NLQPredictor.save_pretrained` writes.
+PRETRAINED_FORMAT = "repsuite-nlq-predictor/1"
+WEIGHTS_NAME = "model.safetensors"
 
 #: Lightning stores a DataModule's ``state_dict()`` under its class name.
 DATA_STATE_KEY = "Ego4DNLQDataModule"
@@ -102,8 +108,22 @@ def _load_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-class NLQPredictor:
+def _build_module(
+    hparams: Mapping[str, Any], network: Mapping[str, Any], state: Mapping[str, Tensor]
+) -> NLQModule:
+    """An :class:`NLQModule` with its network built from NLQModelConfig fields and its weights loaded."""
+    module = NLQModule(**dict(hparams) | {"video_dim": None, "text_dim": None})
+    module.model = NLQModel(NLQModelConfig(**network))
+    module.load_state_dict(state)
+    return module
+
+
+class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natural-language-queries"]):
     """A trained NLQ model with the input pipeline it was trained with. Build it with :meth:`from_checkpoint`.
+
+    ``save_pretrained(DIR)`` / ``NLQPredictor.from_pretrained(DIR)`` share it in the Hugging Face hub layout
+    (``config.json`` with the model's and the data's settings, ``model.safetensors``, a model card);
+    ``from_pretrained`` reads a local directory only.
 
     Args:
         module: the restored :class:`NLQModule` (network built, weights loaded).
@@ -164,12 +184,75 @@ class NLQPredictor:
         hparams = {
             k: v for k, v in dict(state.get("hyper_parameters") or {}).items() if not k.startswith("_")
         }
-        module = NLQModule(**hparams | {"video_dim": None, "text_dim": None})  # network from its saved config
-        module.model = NLQModel(NLQModelConfig(**state[MODEL_CONFIG_KEY]))
-        module.load_state_dict(state["state_dict"])
+        module = _build_module(hparams, state[MODEL_CONFIG_KEY], state["state_dict"])
         provenance = dict(state.get(DATA_STATE_KEY) or {}).get("provenance")
         return cls(
             module, state["datamodule_hyper_parameters"], provenance, device, precision, weights, str(ckpt)
+        )
+
+    # ----------------------------------------------------------------------------------------- sharing
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """config.json (module hyper-parameters, network config, data settings, input records) + weights."""
+        from dataclasses import asdict
+
+        from safetensors.torch import save_file
+
+        module = self.module
+        config = {
+            "format": PRETRAINED_FORMAT,
+            "module_hparams": {k: v for k, v in dict(module.hparams).items() if not k.startswith("_")},
+            "network": asdict(module.model.cfg),
+            "datamodule": {k: v for k, v in self.data.items() if not k.startswith("_")},
+            "input_provenance": self.provenance,
+        }
+        (Path(save_directory) / "config.json").write_text(json.dumps(config, indent=1))
+        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+
+    @classmethod
+    def from_pretrained(  # type: ignore[override]
+        cls,
+        directory: str | Path,
+        *,
+        device: str | torch.device | None = None,
+        precision: str | None = None,
+        weights: Mapping[str, str] | None = None,
+    ) -> NLQPredictor:
+        """A predictor from a folder written by :meth:`save_pretrained` (local only: nothing is downloaded).
+
+        Raises:
+            PredictorError: not a directory, or not one a repsuite NLQ predictor wrote.
+        """
+        path = Path(directory)
+        if not path.is_dir():
+            raise PredictorError(f"{path}: not a directory (from_pretrained reads a save_pretrained folder)")
+        return super().from_pretrained(
+            path, local_files_only=True, device=device, precision=precision, weights=weights
+        )
+
+    @classmethod
+    def _from_pretrained(
+        cls,
+        *,
+        model_id: str,
+        config: dict | None = None,
+        device: Any = None,
+        precision: str | None = None,
+        weights: Any = None,
+        **_: Any,
+    ) -> NLQPredictor:
+        from safetensors.torch import load_file
+
+        path = Path(model_id)
+        if not config or config.get("format") != PRETRAINED_FORMAT or not (path / WEIGHTS_NAME).is_file():
+            raise PredictorError(
+                f"{path}: not an NLQ predictor folder (expected config.json with format "
+                f"{PRETRAINED_FORMAT!r} and {WEIGHTS_NAME})"
+            )
+        state = load_file(str(path / WEIGHTS_NAME))
+        module = _build_module(config["module_hparams"], config["network"], state)
+        return cls(
+            module, config["datamodule"], config["input_provenance"], device, precision, weights, str(path)
         )
 
     # ----------------------------------------------------------------------------------------- inputs

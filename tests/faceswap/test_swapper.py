@@ -420,3 +420,26 @@ def test_video_benchmark_runs(tiny_ckpt, tmp_path):
     result = json.loads(out.read_text())
     assert result["frames"] == 25 and result["frames_per_second"] > 0
     assert set(result["seconds_by_stage"]) == {"decode", "detect", "swap", "paste", "encode"}
+
+
+def test_save_pretrained_round_trip_with_the_detector(tiny_ckpt, scene, tmp_path):
+    pixels, truth = scene
+    state = {k: torch.randn(s) if s else torch.tensor(0) for k, s in _official_keys("mobilenet0.25").items()}
+    state = {k: v.abs() if "running_var" in k else v for k, v in state.items()}
+    torch.save(state, tmp_path / "mnet.pth")
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=tmp_path / "mnet.pth", device="cpu")
+    out = tmp_path / "swapper"
+    swapper.save_pretrained(out)
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    again = FaceSwapper.from_pretrained(out, device="cpu")
+    assert again.detector.net.cfg.body == "mobilenet0.25"
+    for k, v in swapper.detector.net.state_dict().items():
+        assert torch.equal(again.detector.net.state_dict()[k], v)
+    swapper.detector = again.detector = GivenFaces([truth])
+    assert torch.equal(
+        again.swap(pixels, pixels, faces="all").image, swapper.swap(pixels, pixels, faces="all").image
+    )
+    with pytest.raises(SwapError, match="not a face swapper folder"):
+        (tmp_path / "empty").mkdir()
+        (tmp_path / "empty" / "config.json").write_text("{}")
+        FaceSwapper.from_pretrained(tmp_path / "empty")

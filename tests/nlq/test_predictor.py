@@ -134,3 +134,28 @@ def test_query_command(checkpoint, submitted, capsys, tmp_path):
     assert torch.allclose(torch.tensor(written[0]["predicted_times"]), torch.tensor(entry["predicted_times"]))
     assert main(["nlq", "query", str(checkpoint), "--video", str(tmp_path / "x.pt"), "--question", "a"]) == 1
     assert "x.pt: not found" in capsys.readouterr().err
+
+
+def test_save_pretrained_round_trip_in_the_hub_layout(predictor, checkpoint, tmp_path):
+    from safetensors.torch import load_file
+
+    out = tmp_path / "nlq-demo"
+    NLQPredictor.from_checkpoint(checkpoint, device="cpu").save_pretrained(out)  # one call converts
+    assert {"config.json", "model.safetensors", "README.md"} <= {p.name for p in out.iterdir()}
+    config = json.loads((out / "config.json").read_text())
+    assert config["format"] == "repsuite-nlq-predictor/1" and config["datamodule"]["features"] == SOURCES
+    assert any(k.startswith("model.") for k in load_file(out / "model.safetensors"))
+    again = NLQPredictor.from_pretrained(out, device="cpu")
+    ann, clips = _by_clip()
+    clip_uid, queries = next(iter(clips.items()))
+    clip = ann.clips[clip_uid]
+    files = {s: BASE / s / f"{clip.video_uid}.pt" for s in SOURCES}
+    span = (clip.video_start_sec, clip.video_end_sec)
+    assert again.query(files, queries[0].query, clip=span) == predictor.query(
+        files, queries[0].query, clip=span
+    )
+    with pytest.raises(PredictorError, match="not a directory"):
+        NLQPredictor.from_pretrained(tmp_path / "nowhere")
+    (out / "config.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(PredictorError, match="not an NLQ predictor folder"):
+        NLQPredictor.from_pretrained(out)
