@@ -159,3 +159,23 @@ def test_save_pretrained_round_trip_in_the_hub_layout(predictor, checkpoint, tmp
     (out / "config.json").write_text(json.dumps({"format": "something else"}))
     with pytest.raises(PredictorError, match="not an NLQ predictor folder"):
         NLQPredictor.from_pretrained(out)
+
+
+def test_bf16_autocast_gives_nearly_the_same_windows(checkpoint, predictor):
+    ann, clips = _by_clip()
+    clip_uid, queries = next(iter(clips.items()))
+    clip = ann.clips[clip_uid]
+    files = {s: BASE / s / f"{clip.video_uid}.pt" for s in SOURCES}
+    span = (clip.video_start_sec, clip.video_end_sec)
+    bf16 = NLQPredictor.from_checkpoint(checkpoint, device="cpu", precision="bf16-mixed")
+    fast, exact = (
+        bf16.query(files, queries[0].query, clip=span),
+        predictor.query(files, queries[0].query, clip=span),
+    )
+    assert fast.moments[0].score == pytest.approx(exact.moments[0].score, rel=0.1)
+    overlap = min(fast.moments[0].end, exact.moments[0].end) - max(
+        fast.moments[0].start, exact.moments[0].start
+    )
+    assert overlap > 0  # the best window is (nearly) the same one
+    with pytest.raises(PredictorError, match="precision 'fp8'"):
+        NLQPredictor.from_checkpoint(checkpoint, precision="fp8")
