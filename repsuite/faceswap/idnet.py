@@ -42,6 +42,9 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         augment: training faces are randomly flipped and shifted / scaled by up to this fraction (0: none).
             An encoder that must recognise a face however it is framed answers a swapper's identity loss
             with gradients about the face, not about its exact pixels.
+        augment_colour: training faces get random hue / saturation / brightness / contrast changes of up to
+            this strength (0: none), so the encoder cannot tell identities apart by colour alone and must
+            also read the face's geometry (outline, eye size and spacing).
     """
 
     def __init__(
@@ -57,6 +60,7 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         input_size: int = 112,
         crop_zoom: float = 1.0,
         augment: float = 0.0,
+        augment_colour: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -100,19 +104,22 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         return self.backbone(to_arcface_input(faces, size=h.input_size, zoom=h.crop_zoom))
 
     def _augmented(self, faces: torch.Tensor) -> torch.Tensor:
-        a = self.hparams.augment
-        if not a:
+        a, c = self.hparams.augment, self.hparams.augment_colour
+        if not a and not c:
             return faces
         if self._augment is None:
             import kornia.augmentation as K
 
-            self._augment = torch.nn.Sequential(
-                K.RandomHorizontalFlip(),
-                K.RandomAffine(
-                    degrees=0.0, translate=(a, a), scale=(1 - a, 1 + a), p=1.0, padding_mode="border"
-                ),
-            )
-        return self._augment(faces.float()).to(faces.dtype)
+            steps: list[torch.nn.Module] = []
+            if a:
+                steps += [K.RandomHorizontalFlip(), K.RandomAffine(degrees=0.0, translate=(a, a),
+                                                                   scale=(1 - a, 1 + a), p=1.0,
+                                                                   padding_mode="border")]  # fmt: skip
+            if c:
+                steps.append(K.ColorJiggle(brightness=c, contrast=c, saturation=c, hue=min(0.5, c), p=1.0))
+            self._augment = torch.nn.Sequential(*steps)
+        x = (faces.float() + 1) / 2  # kornia's colour ops work on [0, 1]
+        return (self._augment(x) * 2 - 1).to(faces.dtype)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         """Margin cross-entropy (on augmented faces when ``augment``)."""

@@ -270,6 +270,22 @@ def test_identity_module_from_python_saves_its_head_size(faces, tmp_path):
     torch.testing.assert_close(reloaded.head.weight, module.head.weight)
 
 
+def test_colour_augmentation_changes_colour_not_layout():
+    from repsuite.faceswap import IdentityModule
+
+    torch.manual_seed(0)
+    faces = torch.rand(8, 3, 32, 32) * 2 - 1
+    assert torch.equal(IdentityModule(input_size=32)._augmented(faces), faces)
+    out = IdentityModule(input_size=32, augment_colour=0.3)._augmented(faces)
+    assert out.shape == faces.shape and out.min() >= -1 and out.max() <= 1
+    colour = (out.mean((2, 3)) - faces.mean((2, 3))).abs().mean()
+    assert colour > 0.02  # the faces' colours moved
+    # the layout did not: per-image pixel ranks of brightness stay strongly correlated
+    a, b = faces.mean(1).flatten(1), out.mean(1).flatten(1)
+    a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
+    assert ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).min() > 0.5
+
+
 @pytest.fixture(scope="module")
 def photo(faces, tmp_path_factory):
     """A target face pasted into a larger photo, and its 5 landmarks as the CLI takes them."""
