@@ -14,7 +14,10 @@ encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ pos
 * inference = one query (B = 1), model in eval mode without gradients, all five scales K = 2..6 run and
   their top-5 windows pooled (the author's procedure), windows decoded to seconds. Two lengths: a 600-bin
   clip, and an hour of video at 1.875 rows/s (6,750 rows) fed unpooled to a model built with
-  ``max_video_len=6750`` (the joint start×end matrix alone is 6,750² probabilities).
+  ``max_video_len=6750`` (the joint start×end matrix alone is 6,750² probabilities);
+* the hour-long query again with the former decoder (``decoder="dense"``: the whole start × end matrix,
+  ``repsuite.nlq.decoding.joint_topk_dense``) next to today's (only the starts that can hold a top-k pair,
+  memory linear in L), and the two decoders alone on that query's logits.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Case:
     batch: int
     video_len: int
     text_len: int
+    decoder: str = "pruned"  # "dense": the former L × L decoder, for the before / after comparison
 
 
 def cases(quick: bool) -> list[Case]:
@@ -53,6 +57,8 @@ def cases(quick: bool) -> list[Case]:
     out = [Case(f"train_{a}", "train", a, b, lv, lt) for a in ("cross", "self")]
     for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
         out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
+    out += [Case(f"infer{long}_cross_dense", "infer", "cross", 1, long, lt, "dense")]
+    out += [Case(f"decode{long}_{d}", "decode", "cross", 1, long, lt, d) for d in ("pruned", "dense")]
     return out
 
 
@@ -103,11 +109,25 @@ def runner(case: Case, device: torch.device):
             terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 0.1)
             opt.step()
-    else:
 
-        @torch.no_grad()
-        def run() -> None:
+        return run
+    import repsuite.nlq.module as nlq_module
+    from repsuite.nlq.decoding import joint_topk, joint_topk_dense
+
+    decoder = joint_topk_dense if case.decoder == "dense" else joint_topk
+    if case.kind == "decode":  # the decoder alone, on logits of the case's length (20 pairs per scale)
+        g = torch.Generator().manual_seed(1)
+        s, e = (torch.randn(1, case.video_len, generator=g).to(device) * 2 for _ in range(2))
+        pad = torch.zeros(1, case.video_len, dtype=torch.bool, device=device)
+        return lambda: decoder(s, e, pad, 20)
+
+    @torch.no_grad()
+    def run() -> None:
+        nlq_module.joint_topk = decoder  # the module's decoder for this case
+        try:
             module.predict_windows(batch)
+        finally:
+            nlq_module.joint_topk = joint_topk
 
     return run
 
@@ -146,6 +166,7 @@ def main() -> None:
         else:
             mem = probe_in_subprocess(__file__, asdict(case), threads)
         rate = f"{1 / secs:.2f} steps/s" if case.kind == "train" else f"{secs * 1e3:.0f} ms/query"
+        rate = f"{secs * 1e3:.1f} ms" if case.kind == "decode" else rate
         shape = f"{case.batch}×{case.video_len}×{case.text_len}"
         print(f"{case.name:<22}{shape:>16}{secs * 1e3:>9.0f}ms{rate:>16}{fmt_bytes(mem):>12}")
         sys.stdout.flush()
@@ -153,11 +174,24 @@ def main() -> None:
 
     by = {r["name"]: r for r in rows}
     ratios = {}
-    for name in sorted({r["name"].rsplit("_", 1)[0] for r in rows}):
+    for name in sorted({r["name"].rsplit("_", 1)[0] for r in rows if r["decoder"] == "pruned"}):
+        if f"{name}_self" not in by:
+            continue
         cross, self_ = by[f"{name}_cross"], by[f"{name}_self"]
         ratios[f"{name}: self time / cross time"] = round(self_["seconds"] / cross["seconds"], 2)
         if cross["peak_bytes"] and self_["peak_bytes"]:
             ratios[f"{name}: self peak / cross peak"] = round(self_["peak_bytes"] / cross["peak_bytes"], 2)
+    long = cases(args.quick)[-1].video_len
+    pairs = {
+        f"hour-long query ({long} bins): dense / pruned decoder time": (f"infer{long}_cross_dense",
+                                                                         f"infer{long}_cross"),
+        f"decoder alone ({long} bins): dense / pruned time": (f"decode{long}_dense", f"decode{long}_pruned"),
+    }  # fmt: skip
+    for label, (dense, pruned) in pairs.items():
+        ratios[label] = round(by[dense]["seconds"] / by[pruned]["seconds"], 2)
+        if by[dense]["peak_bytes"] and by[pruned]["peak_bytes"]:
+            memory = label.replace("time", "peak memory")
+            ratios[memory] = round(by[dense]["peak_bytes"] / by[pruned]["peak_bytes"], 2)
     print("\nratios (measured side by side in this run)")
     for key, value in ratios.items():
         print(f"  {key:<44} {value}")

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from repsuite.nlq.decoding import joint_topk, merge_candidates, temporal_nms
+from repsuite.nlq.decoding import joint_topk, joint_topk_dense, merge_candidates, temporal_nms
 from repsuite.nlq.losses import ContrastiveLoss, HighlightLoss, NLQLoss, NPMLoss, SaliencyLoss, gt_mask
 from repsuite.nlq.model import NLQOutput
 
@@ -28,6 +28,24 @@ def test_joint_topk_max_span():
     e = torch.tensor([[0, 0, 0, 0, 0, 5.0]])
     starts, ends, _ = joint_topk(s, e, torch.zeros(1, 6, dtype=torch.bool), k=3, max_span=3)
     assert ((ends - starts) < 3).all()
+
+
+@pytest.mark.parametrize("length", [1, 2, 3, 9, 64, 300])
+@pytest.mark.parametrize("max_span", [None, 1, 4])
+@pytest.mark.parametrize("rows_per_chunk", [1, 7, 256])
+def test_joint_topk_without_the_square_equals_the_dense_decoder(length, max_span, rows_per_chunk):
+    g = torch.Generator().manual_seed(length * 31 + (max_span or 0))
+    s, e = torch.randn(4, length, generator=g) * 3, torch.randn(4, length, generator=g) * 3
+    pad = torch.zeros(4, length, dtype=torch.bool)
+    pad[1, length // 2 + 1 :] = True  # shorter clips of the batch
+    pad[2, 1:] = True
+    for k in (1, 5, 20):
+        want = joint_topk_dense(s, e, pad, k, max_span)
+        got = joint_topk(s, e, pad, k, max_span, rows_per_chunk=rows_per_chunk)
+        real = want[2] >= 0  # slots beyond a clip's valid cells (score −1) carry no window
+        assert torch.equal(got[2] >= 0, real)
+        for w, g_ in zip(want, got, strict=True):
+            assert torch.equal(w[real], g_[real])
 
 
 def test_merge_candidates_dedup_and_nms():
