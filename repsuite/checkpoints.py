@@ -19,7 +19,18 @@ from torch import Tensor
 
 from repsuite.errors import InputError
 
-__all__ = ["CheckpointError", "check_keys", "file_sha256", "read_state_dict"]
+__all__ = [
+    "PRETRAINED_WEIGHTS",
+    "CheckpointError",
+    "check_keys",
+    "file_sha256",
+    "read_pretrained",
+    "read_state_dict",
+    "write_pretrained",
+]
+
+#: The weights file of a ``save_pretrained`` folder (the Hugging Face hub layout), next to ``config.json``.
+PRETRAINED_WEIGHTS = "model.safetensors"
 
 WRAPPER_KEYS = ("state_dict", "model", "params_ema", "params")
 
@@ -110,3 +121,41 @@ def check_keys(
             f"{source}: does not match {what}: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
         )
+
+
+def write_pretrained(directory: str | Path, config: Mapping, state: Mapping[str, Tensor]) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (tensors copied to CPU, contiguous, unshared).
+
+    ``config["format"]`` names the writer, so :func:`read_pretrained` can refuse another one's folder.
+    """
+    import json
+
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    (directory / "config.json").write_text(json.dumps(config, indent=1))
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}
+    save_file(tensors, str(directory / PRETRAINED_WEIGHTS), metadata={"format": str(config["format"])})
+
+
+def read_pretrained(
+    directory: str | Path,
+    config: Mapping | None,
+    fmt: str,
+    what: str,
+    error: type[Exception] = CheckpointError,
+) -> dict[str, Tensor]:
+    """The weights of a ``save_pretrained`` folder whose ``config.json`` (already read) has format ``fmt``.
+
+    Raises:
+        ``error``: naming the folder, when its config or weights are not those of ``what``.
+    """
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not config or config.get("format") != fmt or not (directory / PRETRAINED_WEIGHTS).is_file():
+        raise error(
+            f"{directory}: not {what} folder (expected config.json with format {fmt!r} and "
+            f"{PRETRAINED_WEIGHTS})"
+        )
+    return load_file(str(directory / PRETRAINED_WEIGHTS))

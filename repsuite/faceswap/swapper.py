@@ -22,7 +22,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
-from repsuite.checkpoints import file_sha256
+from repsuite.checkpoints import PRETRAINED_WEIGHTS, file_sha256, read_pretrained, write_pretrained
 from repsuite.errors import InputError
 from repsuite.faceswap.align import estimate_similarity, face_template, warp_affine
 from repsuite.faceswap.detection import (
@@ -42,7 +42,6 @@ ImageInput = (
 FaceChoice = Literal["largest", "all"] | int | Sequence[int]
 #: ``format`` of the config.json :meth:`FaceSwapper.save_pretrained` writes.
 PRETRAINED_FORMAT = "repsuite-face-swapper/1"
-WEIGHTS_NAME = "model.safetensors"
 
 
 class SwapError(InputError):
@@ -259,8 +258,6 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
     # ------------------------------------------------------------------------------------------- sharing
     def _save_pretrained(self, save_directory: Path) -> None:
         """config.json (swapper hyper-parameters and architecture, detector body) + all weights."""
-        from safetensors.torch import save_file
-
         module = self.module
         detector = self.detector if isinstance(self.detector, RetinaFaceDetector) else None
         config = {
@@ -272,12 +269,10 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
                 "max_size": detector.max_size,
             },
         }  # fmt: skip
-        (Path(save_directory) / "config.json").write_text(json.dumps(config, indent=1))
         state = {f"swapper.{k}": v for k, v in module.state_dict().items()}
         if detector is not None:
             state |= {f"detector.{k}": v for k, v in detector.net.state_dict().items()}
-        state = {k: v.detach().cpu().contiguous().clone() for k, v in state.items()}  # no shared storage
-        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+        write_pretrained(save_directory, config, state)
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -303,17 +298,10 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
     def _from_pretrained(
         cls, *, model_id: str, config: dict | None = None, detector: Any = None, device: Any = None, **_: Any
     ) -> FaceSwapper:
-        from safetensors.torch import load_file
-
         from repsuite.faceswap.module import ARCHITECTURE_KEY, FaceSwapModule
 
         path = Path(model_id)
-        if not config or config.get("format") != PRETRAINED_FORMAT or not (path / WEIGHTS_NAME).is_file():
-            raise SwapError(
-                f"{path}: not a face swapper folder (expected config.json with format {PRETRAINED_FORMAT!r} "
-                f"and {WEIGHTS_NAME})"
-            )
-        state = load_file(str(path / WEIGHTS_NAME))
+        state = read_pretrained(path, config, PRETRAINED_FORMAT, "a face swapper", SwapError)
         part = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("swapper.")}
         module = FaceSwapModule._from_state(
             {"hyper_parameters": config["module_hparams"], ARCHITECTURE_KEY: config["architecture"],
@@ -330,8 +318,8 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
             args = {k: saved[k] for k in ("threshold", "nms_iou", "max_size")}
             detector = RetinaFaceDetector(net, **args)
         swapper = cls(module, detector, device)
-        swapper.provenance |= {"repsuite-checkpoint": path.name,
-                               "repsuite-checkpoint-sha256": file_sha256(path / WEIGHTS_NAME)}  # fmt: skip
+        sha = file_sha256(path / PRETRAINED_WEIGHTS)
+        swapper.provenance |= {"repsuite-checkpoint": path.name, "repsuite-checkpoint-sha256": sha}
         return swapper
 
     # ------------------------------------------------------------------------------------------- faces

@@ -15,7 +15,6 @@ dataset's own helpers and :meth:`NLQModule.predict_windows`, so the windows and 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
+from repsuite.checkpoints import read_pretrained, write_pretrained
 from repsuite.errors import InputError
 from repsuite.nlq.data import NLQSample, collate_nlq, question_tokens, text_feature_input, video_bins
 from repsuite.nlq.decoding import ranked_windows
@@ -37,7 +37,6 @@ __all__ = ["Moment", "NLQAnswer", "NLQPredictor", "PredictorError"]
 
 #: ``format`` of the config.json :meth:`NLQPredictor.save_pretrained` writes.
 PRETRAINED_FORMAT = "repsuite-nlq-predictor/1"
-WEIGHTS_NAME = "model.safetensors"
 
 #: Lightning stores a DataModule's ``state_dict()`` under its class name.
 DATA_STATE_KEY = "Ego4DNLQDataModule"
@@ -195,8 +194,6 @@ class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natur
         """config.json (module hyper-parameters, network config, data settings, input records) + weights."""
         from dataclasses import asdict
 
-        from safetensors.torch import save_file
-
         module = self.module
         config = {
             "format": PRETRAINED_FORMAT,
@@ -205,9 +202,7 @@ class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natur
             "datamodule": {k: v for k, v in self.data.items() if not k.startswith("_")},
             "input_provenance": self.provenance,
         }
-        (Path(save_directory) / "config.json").write_text(json.dumps(config, indent=1))
-        state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-        save_file(state, str(Path(save_directory) / WEIGHTS_NAME), metadata={"format": PRETRAINED_FORMAT})
+        write_pretrained(save_directory, config, module.state_dict())
 
     @classmethod
     def from_pretrained(  # type: ignore[override]
@@ -241,15 +236,8 @@ class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natur
         weights: Any = None,
         **_: Any,
     ) -> NLQPredictor:
-        from safetensors.torch import load_file
-
         path = Path(model_id)
-        if not config or config.get("format") != PRETRAINED_FORMAT or not (path / WEIGHTS_NAME).is_file():
-            raise PredictorError(
-                f"{path}: not an NLQ predictor folder (expected config.json with format "
-                f"{PRETRAINED_FORMAT!r} and {WEIGHTS_NAME})"
-            )
-        state = load_file(str(path / WEIGHTS_NAME))
+        state = read_pretrained(path, config, PRETRAINED_FORMAT, "an NLQ predictor", PredictorError)
         module = _build_module(config["module_hparams"], config["network"], state)
         return cls(
             module, config["datamodule"], config["input_provenance"], device, precision, weights, str(path)
