@@ -20,6 +20,15 @@ __all__ = ["NLQModule"]
 
 #: Checkpoint entry with the network's :class:`NLQModelConfig` (as a dict), widths included.
 MODEL_CONFIG_KEY = "nlq_model_config"
+#: NLQModelConfig fields that change how saved weights are used, not what they are: free to differ on load.
+BEHAVIOUR_FIELDS = ("dropout", "input_dropout", "npm_normalize", "segment_by")
+
+
+def _differs(a: Any, b: Any) -> bool:
+    """Config values compared across a checkpoint round trip (tuples come back as lists)."""
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return list(a) != list(b)
+    return a != b
 
 
 class NLQModule(ExactResumeMixin, LightningModule):
@@ -131,10 +140,31 @@ class NLQModule(ExactResumeMixin, LightningModule):
             checkpoint[MODEL_CONFIG_KEY] = asdict(self.model.cfg)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Build the network from the saved config when the hyper-parameters lack the widths."""
+        """Build the network from the saved config when the hyper-parameters lack the widths.
+
+        Raises:
+            CheckpointError: this module was built with another architecture than the checkpoint's (e.g.
+                ``--model.hidden`` typed next to ``--ckpt_path``), naming the differing options.
+        """
         super().on_load_checkpoint(checkpoint)
-        if self.model is None and MODEL_CONFIG_KEY in checkpoint:
-            self.model = NLQModel(NLQModelConfig(**checkpoint[MODEL_CONFIG_KEY]))
+        saved = checkpoint.get(MODEL_CONFIG_KEY)
+        if self.model is None and saved is not None:
+            self.model = NLQModel(NLQModelConfig(**saved))
+        elif self.model is not None and saved is not None:
+            mine = asdict(self.model.cfg)
+            differ = {
+                k: (v, mine[k])
+                for k, v in saved.items()
+                if k in mine and k not in BEHAVIOUR_FIELDS and _differs(v, mine[k])
+            }
+            if differ:
+                from repsuite.checkpoints import CheckpointError
+
+                listed = ", ".join(f"{k}: checkpoint {a!r}, here {b!r}" for k, (a, b) in differ.items())
+                raise CheckpointError(
+                    f"the checkpoint's network differs from this NLQModule's ({listed}); architecture "
+                    "options come from the checkpoint: do not override them next to --ckpt_path"
+                )
 
     # ----------------------------------------------------------------------------------------- steps
     def _forward(self, batch: dict[str, Any], k: int) -> NLQOutput:

@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 
+from repsuite.checkpoints import CheckpointError
 from repsuite.cli import main, run_cli
 from repsuite.nlq.evaluation import evaluate_nlq, load_json, validate_submission
 from tests.conftest import ROOT
@@ -83,7 +84,9 @@ def test_model_options_typed_with_ckpt_path_override_the_checkpoint(checkpoint, 
                             for b in e["predicted_times"][i + 1 :])  # fmt: skip
     assert max(map(overlap, plain)) > 0.5 >= max(map(overlap, distinct))
     widened = ["--model.hidden=32", "--trainer.callbacks+=SubmissionWriter"]
-    with pytest.raises(RuntimeError, match="size mismatch"):  # typed architecture is also kept: refused
+    with pytest.raises(
+        CheckpointError, match="hidden: checkpoint 64, here 32"
+    ):  # typed architecture: refused
         run_cli(["predict", "--config", DEMO, f"--data.root={DATA}", f"--ckpt_path={checkpoint}", *widened,
                  f"--trainer.callbacks.output={tmp_path / 'x.json'}", "--trainer.logger=false"])  # fmt: skip
 
