@@ -343,9 +343,10 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
             return faces
         if choice == "largest":
             return faces.select([int(faces.areas().argmax())])
-        index = [choice] if isinstance(choice, int) else list(choice)
-        bad = [i for i in index if not -len(faces) <= i < len(faces)]
-        if bad or not index:
+        index = [choice] if isinstance(choice, int) else [] if isinstance(choice, str) else list(choice)
+        if not index or not all(isinstance(i, int) for i in index):
+            raise SwapError(f"faces={choice!r}: expected 'largest', 'all', an index or a list of indices")
+        if any(not -len(faces) <= i < len(faces) for i in index):
             raise SwapError(
                 f"{name}: faces {index} asked for, but {len(faces)} were found (0..{len(faces) - 1}, "
                 "left to right)"

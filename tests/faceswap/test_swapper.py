@@ -120,6 +120,8 @@ def test_bad_inputs_are_named(tiny_ckpt, scene, tmp_path):
     swapper.detector = GivenFaces([truth])
     with pytest.raises(SwapError, match=r"faces \[5\] asked for, but 3 were found"):
         swapper.swap(pixels, pixels, faces=[5])
+    with pytest.raises(SwapError, match="faces='0,2': expected 'largest', 'all', an index"):
+        swapper.swap(pixels, pixels, faces="0,2")
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not an image")
     with pytest.raises(SwapError, match=r"bad\.jpg: cannot be read as an image"):
