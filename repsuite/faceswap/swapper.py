@@ -328,15 +328,20 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
         pixels, name = read_image(image)
         return self._detect(pixels, name)
 
-    def _detect(self, pixels: Tensor, name: str) -> Faces:
+    def find_faces(self, pixels: Tensor) -> Faces:
+        """The detector's faces of one uint8 image (3, H, W), left to right (possibly none)."""
         if self.detector is None:
             raise SwapError(
                 "no face detector: pass detector=PATH (a RetinaFace checkpoint) or a FaceDetector"
             )
         faces = self.detector(pixels[None].to(self.device))[0]
+        return faces.select(faces.boxes[:, 0].argsort())
+
+    def _detect(self, pixels: Tensor, name: str) -> Faces:
+        faces = self.find_faces(pixels)
         if len(faces) == 0:
             raise SwapError(f"{name}: no face found")
-        return faces.select(faces.boxes[:, 0].argsort())
+        return faces
 
     def _choose(self, faces: Faces, choice: FaceChoice, name: str) -> Faces:
         if choice == "all":

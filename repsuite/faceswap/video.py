@@ -191,6 +191,8 @@ def swap_video(
 
     opts = VideoOptions(faces, max(1, detect_every), smoothing, label, batch_size, colour_match, progress)
     target, output = Path(target), Path(output)
+    if swapper.detector is None:  # else every frame would fail, one by one
+        raise SwapError("no face detector: pass detector=PATH (a RetinaFace checkpoint) or a FaceDetector")
     if output.suffix.lower() not in (".mp4", ".mov", ".mkv"):
         raise SwapError(f"{output}: write .mp4, .mov or .mkv")
     ident = swapper.identity(source)
@@ -280,14 +282,13 @@ class _VideoRun:
             return self.last
         t0 = time.perf_counter()
         try:
-            found = self.swapper.detector(pixels[None].to(self.swapper.device))[0]
+            found = self.swapper.find_faces(pixels)  # left to right, as for photos
         except Exception as err:
             self.report.failures.append(f"frame {index}: detection failed ({err})")
             self.last = None
             return None
         finally:
             self.clock["detect"] += time.perf_counter() - t0
-        found = found.select(found.boxes[:, 0].argsort())  # left to right, as for photos
         try:
             chosen = self.swapper._choose(found, self.opts.faces, f"frame {index}") if len(found) else found
         except Exception:  # fewer faces than the indices asked for: none swapped on this frame
