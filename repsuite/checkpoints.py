@@ -26,6 +26,7 @@ __all__ = [
     "file_sha256",
     "read_pretrained",
     "read_state_dict",
+    "recorded_weights",
     "write_pretrained",
 ]
 
@@ -121,6 +122,29 @@ def check_keys(
             f"{source}: does not match {what}: {len(missing)} missing keys {missing[:5]}, "
             f"{len(unexpected)} unexpected keys {unexpected[:5]}, {len(wrong)} shape mismatches {wrong[:3]}"
         )
+
+
+def recorded_weights(path: str | Path | None, sha256: str | None, what: str) -> str:
+    """The weights file a manifest recorded (or one given in its place), checked against the record.
+
+    The file must exist and, when the manifest has its hash, hold the same bytes.
+
+    Raises:
+        CheckpointError: no path (random weights, which cannot be made again), a missing file, or other
+            bytes than recorded, each naming ``what`` and the file.
+    """
+    if not path:
+        raise CheckpointError(
+            f"{what}: the features were made with random weights, which cannot be made again"
+        )
+    if not Path(path).is_file():
+        raise CheckpointError(f"{path}: weights of {what} not found")
+    if sha256 and file_sha256(path) != sha256:
+        raise CheckpointError(
+            f"{path}: not the weights the features were made with ({what}; sha256 differs from the recorded "
+            f"{sha256[:12]}…)"
+        )
+    return str(path)
 
 
 def write_pretrained(directory: str | Path, config: Mapping, state: Mapping[str, Tensor]) -> None:

@@ -25,7 +25,7 @@ import torch
 from huggingface_hub import ModelHubMixin
 from torch import Tensor
 
-from repsuite.checkpoints import read_pretrained, write_pretrained
+from repsuite.checkpoints import CheckpointError, read_pretrained, recorded_weights, write_pretrained
 from repsuite.errors import InputError
 from repsuite.nlq.data import NLQSample, collate_nlq, question_tokens, text_feature_input, video_bins
 from repsuite.nlq.decoding import ranked_windows
@@ -401,17 +401,12 @@ class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natur
                 "them; "
                 "pass each question's (L, Dt) token features instead of its string"
             )
-        path = self.weights.get("text") or manifest.get("checkpoint")
-        if not path or not Path(path).is_file():
-            raise PredictorError(
-                f"text encoder {manifest.get('model')!r}: weights file {path} not found "
-                "(pass weights={'text': PATH})"
-            )
-        from repsuite.checkpoints import file_sha256
-
-        want = manifest.get("checkpoint_sha256")
-        if want and file_sha256(path) != want:
-            raise PredictorError(f"{path}: not the text encoder weights the training features were made with")
+        what = f"text encoder {manifest.get('model')!r}"
+        try:
+            path = recorded_weights(self.weights.get("text") or manifest.get("checkpoint"),
+                                    manifest.get("checkpoint_sha256"), what)  # fmt: skip
+        except CheckpointError as err:
+            raise PredictorError(f"{err} (pass weights={{'text': PATH}})") from err
         model = register_clip_config(manifest["model"], manifest.get("model_config"))
         self._text_tower = ClipTextTower(model, str(path)).to(self.device)
         return self._text_tower

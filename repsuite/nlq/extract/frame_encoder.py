@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from repsuite.checkpoints import check_keys, file_sha256, read_state_dict
+from repsuite.checkpoints import check_keys, file_sha256, read_state_dict, recorded_weights
 
 __all__ = ["ENCODER_KINDS", "FrameEncoder", "Preprocess"]
 
@@ -159,18 +159,8 @@ class FrameEncoder(nn.Module):
             ValueError: the record names random weights, the weights file is missing, or its bytes are not
                 the ones the features were made with (sha256), each naming the file.
         """
-        path = checkpoint or record.get("checkpoint")
         what = f"{record.get('kind')} model {record.get('model')!r}"
-        if not path:
-            raise ValueError(
-                f"{what}: the features were made with random weights, which cannot be made again"
-            )
-        if not Path(path).is_file():
-            raise ValueError(f"{path}: weights of {what} not found")
-        want = record.get("checkpoint_sha256")
-        if want and file_sha256(path) != want:
-            raise ValueError(f"{path}: not the weights the features were made with (sha256 differs from the "
-                             f"recorded {want[:12]}…)")  # fmt: skip
+        path = recorded_weights(checkpoint or record.get("checkpoint"), record.get("checkpoint_sha256"), what)
         model = record["model"]
         if record["kind"] == "open_clip":
             from repsuite.nlq.clip_text import register_clip_config
