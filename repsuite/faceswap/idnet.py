@@ -8,6 +8,7 @@ is what ``FaceSwapModule(id_encoder_ckpt=...)`` calls.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -45,6 +46,10 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         augment_colour: training faces get random hue / saturation / brightness / contrast changes of up to
             this strength (0: none), so the encoder cannot tell identities apart by colour alone and must
             also read the face's geometry (outline, eye size and spacing).
+        augment_blur: training faces are blurred by a Gaussian of a random width up to this sigma (pixels
+            of the face at the data's resolution; 0: none). A swapper's early outputs are blurry: an
+            encoder that never saw blur embeds them by their blur, not their identity, and its identity
+            loss then asks the swapper for sharpness instead of the source's face.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         crop_zoom: float = 1.0,
         augment: float = 0.0,
         augment_colour: float = 0.0,
+        augment_blur: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -104,8 +110,8 @@ class IdentityModule(ExactResumeMixin, LightningModule):
         return self.backbone(to_arcface_input(faces, size=h.input_size, zoom=h.crop_zoom))
 
     def _augmented(self, faces: torch.Tensor) -> torch.Tensor:
-        a, c = self.hparams.augment, self.hparams.augment_colour
-        if not a and not c:
+        a, c, b = self.hparams.augment, self.hparams.augment_colour, self.hparams.augment_blur
+        if not (a or c or b):
             return faces
         if self._augment is None:
             import kornia.augmentation as K
@@ -117,12 +123,15 @@ class IdentityModule(ExactResumeMixin, LightningModule):
                                                                    padding_mode="border")]  # fmt: skip
             if c:
                 steps.append(K.ColorJiggle(brightness=c, contrast=c, saturation=c, hue=min(0.5, c), p=1.0))
+            if b:  # half the faces stay sharp; the kernel covers +-3 sigma
+                k = 2 * math.ceil(3 * b) + 1
+                steps.append(K.RandomGaussianBlur((k, k), (0.1, b), p=0.5))
             self._augment = torch.nn.Sequential(*steps)
         x = (faces.float() + 1) / 2  # kornia's colour ops work on [0, 1]
         return (self._augment(x) * 2 - 1).to(faces.dtype)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        """Margin cross-entropy (on augmented faces when ``augment``)."""
+        """Margin cross-entropy (on augmented faces when any ``augment*`` is set)."""
         logits = self.head(self(self._augmented(batch["image"])), batch["label"])
         loss = F.cross_entropy(logits, batch["label"])
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["label"]))

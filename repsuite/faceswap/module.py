@@ -67,7 +67,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             the face (0: the plain swap, as in the thesis). A generator can satisfy one encoder at one exact
             crop with changes no other recogniser reads as identity; identity that survives re-cropping is
             identity in the image.
-        component_weight: weight of each component discriminator's adversarial term.
+        component_weight: weight of each component discriminator's adversarial term relative to the global
+            one; ``adv_weight`` scales both (λ_adv multiplies the whole adversarial loss, Eq. 3.10 / 3.12).
         fm_layers: deepest discriminator feature maps matched by the weak feature-matching loss.
         r1_weight: R1 penalty weight (0 turns it off); applied lazily every ``r1_every`` steps.
         r1_every: lazy-regularisation interval.
@@ -295,7 +296,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         if len(self.components):
             crops = crop_components(swap, self._landmarks(batch))
             for name, d in self.components.items():
-                terms[f"g_{name}"] = h.component_weight * generator_adversarial_loss(d(crops[name]))
+                weight = h.adv_weight * h.component_weight
+                terms[f"g_{name}"] = weight * generator_adversarial_loss(d(crops[name]))
         return terms
 
     def _identity_view(self, swap: Tensor) -> Tensor:

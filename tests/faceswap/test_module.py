@@ -93,6 +93,25 @@ TINY_KW = dict(
 )  # fmt: skip
 
 
+def test_adv_weight_scales_the_global_and_the_component_adversarial_terms():
+    torch.manual_seed(0)
+    plain = FaceSwapModule(**TINY_KW)
+    weighted = FaceSwapModule(**(TINY_KW | {"adv_weight": 0.5, "component_weight": 3.0}))
+    weighted.load_state_dict(plain.state_dict())
+    batch = {
+        "source": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "target": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "same_identity": torch.tensor([True, False]),
+    }
+    swap, id_src = batch["target"].clone(), torch.randn(2, 512)
+    a = plain.generator_losses(batch, swap, id_src)
+    b = weighted.generator_losses(batch, swap, id_src)
+    torch.testing.assert_close(b["g_adv"], 0.5 * a["g_adv"])
+    for name in ("g_left_eye", "g_right_eye", "g_mouth"):  # Eq. 3.12's λ_adv scales all of Eq. 3.10
+        torch.testing.assert_close(b[name], 1.5 * a[name])
+    torch.testing.assert_close(b["recon"], a["recon"])
+
+
 def test_ema_generator_averages_with_the_configured_decay_and_reads_old_checkpoints():
     torch.manual_seed(0)
     module = FaceSwapModule(**(TINY_KW | {"ema_decay": 0.9}))
@@ -284,6 +303,19 @@ def test_colour_augmentation_changes_colour_not_layout():
     a, b = faces.mean(1).flatten(1), out.mean(1).flatten(1)
     a, b = a - a.mean(1, keepdim=True), b - b.mean(1, keepdim=True)
     assert ((a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1))).min() > 0.5
+
+
+def test_blur_augmentation_blurs_some_faces_and_keeps_their_mean():
+    from repsuite.faceswap import IdentityModule
+
+    torch.manual_seed(0)
+    faces = torch.rand(64, 3, 32, 32) * 2 - 1
+    out = IdentityModule(input_size=32, augment_blur=1.5)._augmented(faces)
+    detail = lambda x: (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3))  # noqa: E731  (B,) edge energy
+    changed = (out - faces).flatten(1).abs().amax(1) > 1e-5  # (B,)
+    assert 10 < changed.sum() < 54  # about half the faces (p = 0.5), never all or none
+    assert (detail(out[changed]) < detail(faces[changed])).all()  # those lost detail: blurred, not shifted
+    torch.testing.assert_close(out.mean((2, 3)), faces.mean((2, 3)), atol=0.03, rtol=0)
 
 
 @pytest.fixture(scope="module")
