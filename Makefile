@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.repsuite-installed
 
-.PHONY: install demo demo-nlq demo-faceswap test test-fast lint bench bench-quick clean
+.PHONY: install demo demo-nlq demo-faceswap serve browser test test-fast lint bench bench-quick clean
 
 install: $(STAMP)
 
@@ -43,8 +43,26 @@ demo-faceswap: $(STAMP)
 bench-quick: $(STAMP)
 	$(BIN)/python benchmarks/ops.py --quick --out benchmarks/results/ops_quick.json
 
-# The whole CPU suite, slow tests (two-process DDP, CLI subprocess runs) included; this is what CI runs.
-test: $(STAMP)
+# The web page on the demo checkpoints (after `make demo`): http://127.0.0.1:7860
+serve: $(STAMP)
+	$(BIN)/repsuite serve --nlq-ckpt outputs/nlq_demo/checkpoints/last.ckpt \
+		--faceswap-ckpt outputs/faceswap_demo/checkpoints/last.ckpt
+
+# The browser tests drive Debian's Chromium (Playwright cannot download browsers here): install it when it
+# is missing and this machine can (root with apt); otherwise those tests are skipped, and say so.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	{ if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium for the browser tests (apt-get)"; \
+		{ DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq --no-install-recommends chromium \
+			|| { apt-get update -qq && DEBIAN_FRONTEND=noninteractive timeout 900 apt-get install -y -qq \
+			--no-install-recommends chromium; }; } >/dev/null 2>&1 \
+			|| echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "no chromium (apt-get install chromium): the browser tests will be skipped"; fi; }
+
+# The whole CPU suite, slow and browser tests (two-process DDP, CLI subprocess runs, the web page in
+# headless Chromium) included; this is what CI runs.
+test: $(STAMP) browser
 	WANDB_MODE=offline $(BIN)/python -m pytest -m "not gpu" --durations=15
 
 # Quick inner loop for development: skips the slow tests.

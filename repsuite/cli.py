@@ -45,6 +45,7 @@ TOOLS: dict[str, tuple[str, str]] = {
         "repsuite.faceswap.cli:main",
         "face-swap tools: synth, swap (images, folders, photos + landmarks), align, eval",
     ),
+    "serve": ("repsuite.serve.cli:main", "web page for trained models: 'repsuite serve --nlq-ckpt CKPT'"),
 }
 
 #: Packages whose LightningModules/DataModules configs may name by bare class name; each task adds its

@@ -8,6 +8,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY_MODEL = "tests.helpers.toy.ToyModule"
 TOY_DATA = "tests.helpers.toy.ToyDataModule"
 
+# Session fixtures that tests in several folders use (one trained NLQ checkpoint, one tiny face-swap run).
+pytest_plugins = ["tests.nlq.fixtures", "tests.faceswap.fixtures"]
+
 
 @pytest.fixture(autouse=True)
 def _offline_wandb(monkeypatch, tmp_path):

@@ -9,7 +9,14 @@ BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fi
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
 from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceJudgeDataModule, FaceSwapDataModule
-from repsuite.faceswap.detection import FaceDetector, Faces, GivenFaces, RetinaFaceDetector, load_retinaface
+from repsuite.faceswap.detection import (
+    AlignedFaces,
+    FaceDetector,
+    Faces,
+    GivenFaces,
+    RetinaFaceDetector,
+    load_retinaface,
+)
 from repsuite.faceswap.evaluation import evaluate_swaps, swap_grid_pairs
 from repsuite.faceswap.idnet import IdentityModule
 from repsuite.faceswap.judge import FaceJudge, FaceJudgeConfig, load_judge
@@ -28,6 +35,7 @@ from repsuite.faceswap.stylegan2 import (
 from repsuite.faceswap.swapper import FaceSwapper, Identity, SwapResult
 
 __all__ = [
+    "AlignedFaces",
     "ArcMarginHead",
     "FaceDetector",
     "FaceIdentityDataModule",

@@ -28,8 +28,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repsuite.checkpoints import CheckpointError, check_keys, read_state_dict
+from repsuite.faceswap.align import face_template
 
 __all__ = [
+    "AlignedFaces",
     "FaceDetector",
     "Faces",
     "GivenFaces",
@@ -93,6 +95,23 @@ class GivenFaces:
             out.append(self.faces[self.calls % len(self.faces)])
             self.calls += 1
         return out
+
+
+class AlignedFaces:
+    """A detector for images that already are aligned face crops (FFHQ / VGGFace2-HQ style).
+
+    Each image is one face filling the frame: its box is the whole image and its landmarks are the
+    aligned-face template scaled to the image, so the swapper's alignment is a plain resize. What
+    ``repsuite faceswap swap`` does for aligned folders, and ``repsuite serve`` without ``--detector``.
+    """
+
+    def __call__(self, images: Tensor) -> list[Faces]:
+        """One face per image of the batch (B, 3, H, W)."""
+        _, _, h, w = images.shape
+        scale = torch.tensor([w / 512.0, h / 512.0])
+        marks = face_template(512) * scale  # (5, 2) pixels of this image
+        box = torch.tensor([[0.0, 0.0, float(w), float(h)]])
+        return [Faces(box.clone(), torch.ones(1), marks[None].clone()) for _ in range(images.shape[0])]
 
 
 # ------------------------------------------------------------------------------------------------ network

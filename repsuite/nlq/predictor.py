@@ -308,27 +308,37 @@ class NLQPredictor(ModelHubMixin, library_name="repsuite", tags=["ego4d", "natur
         chunks = rows.split(dims, dim=1)
         return {n: self._as_rows(c, n) for n, c in zip(self.source_names, chunks, strict=True)}
 
+    def video_file_support(self) -> str | None:
+        """None when :meth:`query` takes video files; otherwise why not (names the source that cannot)."""
+        for source in self.sources:
+            why = self._not_encodable(source)
+            if why:
+                return f"feature source {source['name']!r} cannot be made from a video file: {why}"
+        return None
+
+    def _not_encodable(self, source: Mapping[str, Any]) -> str:
+        if not self.provenance:
+            return "the checkpoint predates repsuite's input records (retrain, or pass feature files)"
+        if (source.get("manifest") or {}).get("encoder") is None:
+            return (
+                "its folder had no extract-video manifest when the model was trained (e.g. Ego4D's "
+                "SlowFast/Omnivore features, made by Ego4D's own extractor)"
+            )
+        return ""
+
     def _encoder(self, source: Mapping[str, Any]) -> Any:
         """The frame encoder that made a source's features (built once), or an error saying why not."""
         from repsuite.nlq.extract.frame_encoder import FrameEncoder
 
         name = source["name"]
         if name not in self._encoders:
-            record = (source.get("manifest") or {}).get("encoder")
-            if not self.provenance:
-                why = "the checkpoint predates repsuite's input records (retrain, or pass feature files)"
-            elif record is None:
-                why = (
-                    "its folder had no extract-video manifest when the model was trained (e.g. Ego4D's "
-                    "SlowFast/Omnivore features, made by Ego4D's own extractor)"
-                )
-            else:
-                why = ""
+            why = self._not_encodable(source)
             if why:
                 raise PredictorError(
                     f"{self.source}: feature source {name!r} cannot be made from a video file: "
                     f"{why}; pass its features instead"
                 )
+            record = source["manifest"]["encoder"]
             try:
                 encoder = FrameEncoder.from_record(record, self.weights.get(name))
             except (ValueError, FileNotFoundError) as err:

@@ -12,7 +12,7 @@ from PIL import Image
 from repsuite.cli import main, run_cli
 from repsuite.faceswap import FaceSwapDataModule, FaceSwapModule, load_arcface
 from repsuite.faceswap.data import FaceImageError, PairFolderDataset
-from tests.faceswap.conftest import TINY_MODEL, TRAINER, _data
+from tests.faceswap.fixtures import TINY_MODEL, TRAINER, _data
 from tests.faceswap.test_stylegan2 import gfpgan_generator_keys, random_state
 
 

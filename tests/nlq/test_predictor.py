@@ -8,7 +8,7 @@ import torch
 from repsuite.cli import main
 from repsuite.nlq.annotations import load_nlq_annotations
 from repsuite.nlq.predictor import NLQPredictor, PredictorError
-from tests.nlq.conftest import DATA
+from tests.nlq.fixtures import DATA
 
 BASE = DATA / "v2"
 SOURCES = ["slowfast8x8_r101_k400", "clip_vitb16"]
