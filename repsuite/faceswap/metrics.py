@@ -45,16 +45,37 @@ __all__ = [
 
 
 class ArcFaceEmbedder(nn.Module):
-    """Aligned faces (B, 3, S, S) in [-1, 1] → ArcFace embeddings (B, 512), via the template crop."""
+    """Aligned faces (B, 3, S, S) in [-1, 1] → ArcFace embeddings (B, 512), via the template crop.
 
-    def __init__(self, arcface: nn.Module) -> None:
+    With ``extra`` encoders (each with its own crop size and zoom) the embedding is the concatenation of every
+    encoder's unit-length embedding, divided by √n: (B, 512·n), unit length, and its cosine to another such
+    embedding is the mean of the encoders' cosines — so an identity loss on it asks all of them at once.
+    """
+
+    def __init__(self, arcface: nn.Module, extra: nn.ModuleList | None = None) -> None:
         super().__init__()
         self.arcface = arcface
+        self.extra = extra if extra is not None and len(extra) else None
+
+    @staticmethod
+    def _embed(net: nn.Module, faces: Tensor) -> Tensor:
+        size, zoom = getattr(net, "input_size", 112), getattr(net, "crop_zoom", 1.0)
+        return net(to_arcface_input(faces, size=size, zoom=zoom))
+
+    @property
+    def dim(self) -> int:
+        """Embedding width."""
+        nets = [self.arcface, *(self.extra or [])]
+        return sum(int(n.fc.out_features) if hasattr(n, "fc") else 512 for n in nets)
 
     def forward(self, faces: Tensor) -> Tensor:
         """(B, 3, S, S) -> (B, D)."""
-        size, zoom = getattr(self.arcface, "input_size", 112), getattr(self.arcface, "crop_zoom", 1.0)
-        return self.arcface(to_arcface_input(faces, size=size, zoom=zoom))
+        first = self._embed(self.arcface, faces)
+        if self.extra is None:
+            return first
+        parts = [first, *(self._embed(n, faces) for n in self.extra)]
+        joined = torch.cat([F.normalize(p.float(), dim=-1) for p in parts], dim=-1)  # (B, 512·n)
+        return joined / len(parts) ** 0.5
 
 
 class IDRetrieval(Metric):

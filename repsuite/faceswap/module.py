@@ -47,7 +47,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         prior_ckpt: StyleGAN2 prior in GFPGAN's clean layout
             (e.g. ``StyleGAN2_512_Cmul1_FFHQ_B12G4_scratch_800k.pth``).
         id_encoder_ckpt: ArcFace weights: an arcface_torch ``backbone.pth`` or a checkpoint of
-            ``repsuite fit --config configs/faceswap/idnet_demo.yaml`` (told apart automatically).
+            ``repsuite fit --config configs/faceswap/idnet_demo.yaml`` (told apart automatically). A list
+            uses several encoders (e.g. the whole head at one crop, the inner face at a larger one): the
+            generator gets their joined embeddings and the identity loss their mean cosine.
         random_prior: allow a randomly initialised prior (demos and tests on synthetic faces; pair it with
             ``train_prior``) — refused otherwise, since a random prior makes the method meaningless.
         random_id_encoder: allow a random identity encoder (plumbing tests only).
@@ -87,13 +89,15 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         grid_size: sources × targets in the logged swap grid.
         id_encoder_depth, id_encoder_input_size, id_encoder_crop_zoom: architecture and crop of a random
             identity encoder (read from ``id_encoder_ckpt`` otherwise).
+        id_encoder_extra_arch: (depth, input size, crop zoom) of each further encoder, for random ones (read
+            from the files otherwise; checkpoints record it).
     """
 
     def __init__(
         self,
         resolution: int = 512,
         prior_ckpt: str | None = None,
-        id_encoder_ckpt: str | None = None,
+        id_encoder_ckpt: str | list[str] | None = None,
         random_prior: bool = False,
         random_id_encoder: bool = False,
         id_judge_ckpt: str | None = None,
@@ -128,15 +132,19 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         id_encoder_depth: int = 18,
         id_encoder_input_size: int = 112,
         id_encoder_crop_zoom: float = 1.0,
+        id_encoder_extra_arch: list[tuple[int, int, float]] | None = None,
         _arch_only: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["_arch_only"])
         self.automatic_optimization = False
+        with torch.random.fork_rng(devices=[]):  # the generator's initial weights stay those of one encoder
+            self.arcface, extra = self._build_id_encoders(_arch_only)
+        #: further identity encoders (``id_encoder_ckpt`` given as a list); the first stays ``arcface``
+        self.arcface_extra = nn.ModuleList(extra)
+        self.embedder = ArcFaceEmbedder(self.arcface, self.arcface_extra)
         prior = self._build_prior(_arch_only)
         self.generator = FaceSwapGenerator(self._generator_config(prior.cfg), prior)
-        self.arcface = self._build_id_encoder(_arch_only)
-        self.embedder = ArcFaceEmbedder(self.arcface)
         self.discriminator = StyleGAN2Discriminator(prior.cfg)
         names = COMPONENTS if component_discriminators else ()
         self.components = nn.ModuleDict({n: FacialComponentDiscriminator(component_width) for n in names})
@@ -155,6 +163,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """The generator's config: the constructor's arguments of that name, the prior's sizes."""
         h = self.hparams
         given = {f.name: h[f.name] for f in fields(FaceSwapGeneratorConfig) if f.name in h}
+        given["id_dim"] = self.embedder.dim  # 512 per identity encoder
         return FaceSwapGeneratorConfig(**given | {f.name: getattr(prior, f.name) for f in fields(prior)})
 
     def _build_ema(self, decay: float | None) -> AveragedModel | None:
@@ -184,18 +193,30 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         cfg = StyleGAN2Config(h.resolution, 512, h.num_mlp, h.channel_multiplier, h.narrow)
         return StyleGAN2Generator(cfg)
 
-    def _build_id_encoder(self, arch_only: bool) -> nn.Module:
+    def _encoder_paths(self) -> list[str]:
+        ckpt = self.hparams.id_encoder_ckpt
+        return [] if not ckpt else [ckpt] if isinstance(ckpt, str) else list(ckpt)
+
+    def _build_id_encoders(self, arch_only: bool) -> tuple[nn.Module, list[nn.Module]]:
+        """The identity encoder and any further ones, frozen (from their files, else random / as recorded)."""
         h = self.hparams
-        if h.id_encoder_ckpt and not arch_only:
-            return load_arcface(h.id_encoder_ckpt)
+        paths = self._encoder_paths()
+        if paths and not arch_only:
+            nets = [load_arcface(p) for p in paths]
+            return nets[0], nets[1:]
         if not (h.random_id_encoder or arch_only):
             raise ValueError(
                 "FaceSwapModule: needs id_encoder_ckpt (an arcface_torch backbone.pth or a checkpoint of "
                 "`repsuite fit --config configs/faceswap/idnet_demo.yaml`) or random_id_encoder=True (tests)"
             )
-        net = iresnet(h.id_encoder_depth, input_size=h.id_encoder_input_size)
-        net.crop_zoom = h.id_encoder_crop_zoom
-        return net.eval().requires_grad_(False)
+        arch = [(h.id_encoder_depth, h.id_encoder_input_size, h.id_encoder_crop_zoom)]
+        arch += [tuple(a) for a in h.id_encoder_extra_arch or []]
+        nets = []
+        for depth, size, zoom in arch:
+            net = iresnet(int(depth), input_size=int(size))
+            net.crop_zoom = float(zoom)
+            nets.append(net.eval().requires_grad_(False))
+        return nets[0], nets[1:]
 
     def _build_judge(self, arch_only: bool) -> SwapJudge | None:
         """The independent judge (kept out of the state dict: it is no part of the swapper)."""
@@ -203,8 +224,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         if not h.id_judge_ckpt or arch_only:
             return None
         judge = open_judge(h.id_judge_ckpt)
-        if h.id_encoder_ckpt:
-            check_independent(h.id_judge_ckpt, h.id_encoder_ckpt, self.arcface, judge)
+        for path, net in zip(self._encoder_paths(), [self.arcface, *self.arcface_extra], strict=False):
+            check_independent(h.id_judge_ckpt, path, net, judge)
         return judge
 
     @classmethod
@@ -220,11 +241,11 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ``id_encoder_ckpt``), under the constructor's argument names.
         """
         prior = self.generator.stylegan.cfg
-        depth = {v: k for k, v in IRESNET_LAYERS.items()}[self.arcface.layers_cfg]
+        (depth, size, zoom), *extra = [_encoder_arch(n) for n in [self.arcface, *self.arcface_extra]]
         return {
             "channel_multiplier": prior.channel_multiplier, "narrow": prior.narrow, "num_mlp": prior.num_mlp,
-            "id_encoder_depth": depth, "id_encoder_input_size": self.arcface.input_size,
-            "id_encoder_crop_zoom": float(getattr(self.arcface, "crop_zoom", 1.0)),
+            "id_encoder_depth": depth, "id_encoder_input_size": size, "id_encoder_crop_zoom": zoom,
+            "id_encoder_extra_arch": [list(a) for a in extra] or None,
         }  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -244,6 +265,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """The identity encoder always stays in eval mode (frozen batch-norm statistics)."""
         super().train(mode)
         self.arcface.eval()
+        self.arcface_extra.eval()
         return self
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -494,6 +516,13 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> dict[str, Any]:
         """Swaps (B, 3, S, S) in [-1, 1] with the pair names."""
         return {"name": batch.get("name"), "swap": self.swap(batch["source"], batch["target"]).cpu()}
+
+
+@torch.no_grad()
+def _encoder_arch(net: nn.Module) -> tuple[int, int, float]:
+    """(depth, input size, crop zoom) of an IResNet identity encoder."""
+    depth = {v: k for k, v in IRESNET_LAYERS.items()}[net.layers_cfg]
+    return depth, int(net.input_size), float(getattr(net, "crop_zoom", 1.0))
 
 
 @torch.no_grad()

@@ -475,3 +475,36 @@ def test_ddp_spawn_two_processes_train_the_swapper(faces, in_tmp):
     r0, r1 = (json.loads((in_tmp / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0.pop("pid") != r1.pop("pid")
     assert r0 == r1  # gradients were all-reduced: both ranks hold the same weights
+
+
+def test_several_identity_encoders_join_their_embeddings_and_rebuild_from_the_checkpoint(tmp_path):
+    """id_encoder_ckpt as a list: the generator reads both, the loss asks both, no file is needed later."""
+    from repsuite.faceswap.arcface import iresnet
+
+    torch.manual_seed(0)
+    paths = []
+    for name, size in (("head", 32), ("inner", 48)):
+        path = tmp_path / f"{name}.pth"
+        torch.save(iresnet(18, input_size=size).state_dict(), path)  # arcface_torch backbone.pth layout
+        paths.append(str(path))
+    module = FaceSwapModule(**(TINY_KW | {"random_id_encoder": False, "id_encoder_ckpt": paths}))
+    assert module.generator.cfg.id_dim == 1024 and module.embedder.dim == 1024
+    faces = torch.rand(3, 3, 32, 32) * 2 - 1
+    other = torch.rand(3, 3, 32, 32) * 2 - 1
+    e, f = module.embedder(faces), module.embedder(other)
+    torch.testing.assert_close(e.norm(dim=-1), torch.ones(3))
+    each = [torch.nn.functional.cosine_similarity(net_e, net_f, dim=-1)
+            for net_e, net_f in zip(e.split(512, -1), f.split(512, -1), strict=True)]  # fmt: skip
+    # the identity loss on the joined embedding is the mean of the two encoders' losses
+    torch.testing.assert_close(
+        module.id_loss(e, f), module.id_loss.weight * (1 - (each[0] + each[1]) / 2).mean()
+    )
+    swap = module.eval().swap(faces, other)
+    state = {"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}
+    module.on_save_checkpoint(state)
+    assert state["faceswap_architecture"]["id_encoder_extra_arch"] == [[18, 48, 1.0]]
+    ckpt = tmp_path / "swapper.ckpt"
+    torch.save(state, ckpt)
+    for p in paths:
+        os.remove(p)
+    torch.testing.assert_close(FaceSwapModule.from_checkpoint(ckpt).swap(faces, other), swap)
