@@ -149,3 +149,28 @@ def test_nlq_service_answers_a_catalogue_clip_and_plays_the_best_window(checkpoi
         service.ask(None, q.question, upload=str(video))
     with pytest.raises(ServeError, match="type a question"):
         service.ask(clip.label, "   ")
+
+
+def test_face_service_swaps_a_short_video_and_refuses_a_long_one(tiny_ckpt, tmp_path):
+    pytest.importorskip("av")
+    from repsuite.faceswap import FaceSwapper
+    from repsuite.serve.services import FaceService
+    from tests.faceswap.test_swapper import FrameDetector, _frames
+    from tests.helpers.videos import write_face_clip
+
+    uploads, out = tmp_path / "uploads", tmp_path / "out"
+    uploads.mkdir()
+    out.mkdir()
+    clip, truth = write_face_clip(uploads / "clip.mp4", seconds=2, fps=6, no_face_frames=2)
+    source = uploads / "me.png"
+    Image.fromarray(_frames(clip)[5].permute(1, 2, 0).numpy()).save(source)
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=FrameDetector([truth[5], *truth]), device="cpu")
+    service = FaceService(swapper, out, UploadGuard([uploads]), max_video_seconds=20)
+    path, report = service.swap_video(str(source), str(clip), "largest")
+    assert path.parent == out and path.exists() and (report["frames"], report["swapped"]) == (12, 10)
+    service.max_video_seconds = 1.0
+    with pytest.raises(ServeError, match=r"target video: 2 s long; this page swaps at most 1 s"):
+        service.swap_video(str(source), str(clip), "largest")
+    (uploads / "notes.mp4").write_text("not a video")
+    with pytest.raises(ServeError, match="not a video this page can read"):
+        service.swap_video(str(source), str(uploads / "notes.mp4"), "largest")
