@@ -317,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``repsuite faceswap`` argument parser."""
     parser = argparse.ArgumentParser(prog="repsuite faceswap", description="Face-swap tools.")
     sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
-    for add in (_add_synth, _add_swap, _add_align, _add_eval):
+    for add in (_add_synth, _add_swap, _add_align, _add_eval, _add_probe):
         add(sub)
     return parser
 
@@ -402,6 +402,53 @@ def _add_eval(sub: Any) -> None:  # the subparsers action
     ev.add_argument("--grid", help="also write a sources x targets swap grid (PNG)")
     ev.add_argument("--trust-checkpoint", action="store_true")
     ev.set_defaults(func=_eval)
+
+
+def _add_probe(sub: Any) -> None:  # the subparsers action
+    pr = sub.add_parser(
+        "probe", help="which identity parameters identity encoders carry (synthetic faces: linear probe R²)"
+    )
+    pr.add_argument(
+        "encoders", nargs="+", metavar="CKPT", help="identity encoders (ArcFace / IdentityModule)"
+    )
+    pr.add_argument("--faces", required=True, help="folder of faces with params.json (ROOT/judge of synth)")
+    pr.add_argument("--limit", type=int, default=2000, help="faces used (the first N, sorted)")
+    pr.add_argument("--json", help="also write the figures as JSON")
+    pr.set_defaults(func=_probe)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """Print, per encoder, the held-out R² of a linear read-out of each renderer identity parameter."""
+    import torch
+    import torch.nn.functional as F
+
+    from repsuite.faceswap.arcface import load_arcface
+    from repsuite.faceswap.data import JudgeFaceDataset
+    from repsuite.faceswap.judging import linear_probe_r2
+    from repsuite.faceswap.metrics import ArcFaceEmbedder
+
+    data = JudgeFaceDataset(args.faces, 64)
+    data.names = data.names[: args.limit]
+    batch = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
+    results = {}
+    for path in args.encoders:
+        embed = ArcFaceEmbedder(load_arcface(path))
+        with torch.no_grad():
+            e = torch.cat([F.normalize(embed(x), dim=-1) for x in batch["image"].split(256)])  # (N, 512)
+        r2 = linear_probe_r2(e, batch["identity"])
+        results[path] = dict(zip(data.identity_fields, [round(v, 3) for v in r2.tolist()], strict=True))
+    width = max(len(f) for f in data.identity_fields)
+    print(
+        f"linear-probe R² of each identity parameter ({len(data)} faces of {args.faces}, last 25% held out)"
+    )
+    print(" " * width + "".join(f"  enc{i}" for i in range(len(results))))
+    for f in data.identity_fields:
+        print(f.ljust(width) + "".join(f"  {r[f]:5.2f}" for r in results.values()))
+    for i, path in enumerate(results):
+        print(f"enc{i} = {path}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1))
+    return 0
 
 
 def main(argv: list[str]) -> int:

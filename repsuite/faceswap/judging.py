@@ -23,7 +23,7 @@ from repsuite.faceswap.judge import EXPRESSION_SLICE, POSE_SLICE, JudgeView, loa
 from repsuite.faceswap.metrics import ArcFaceEmbedder, AttributeDistance, JudgedIdentity, ParameterTransfer
 from repsuite.faceswap.synthetic import IDENTITY_FIELDS
 
-__all__ = ["JudgeScores", "SwapJudge", "check_independent", "open_judge"]
+__all__ = ["JudgeScores", "SwapJudge", "check_independent", "linear_probe_r2", "open_judge"]
 
 
 @dataclass
@@ -183,3 +183,24 @@ def check_independent(
                     f"id judge {judge_path}: weight {name} {tuple(t.shape)} is also in the training encoder "
                     f"{encoder_path}; a judge must share no weights with it"
                 )
+
+
+def linear_probe_r2(
+    embeddings: Tensor, targets: Tensor, train_fraction: float = 0.75, ridge: float = 1e-2
+) -> Tensor:
+    """How much of each target a linear read-out of the embeddings explains, on held-out rows.
+
+    Ridge regression (with a bias) fitted on the first ``train_fraction`` of the rows of ``embeddings``
+    (N, D) → ``targets`` (N, F); returns R² per target (F,) on the remaining rows (1: fully readable; ≤ 0: no
+    better than the mean). Used to ask which identity parameters an identity encoder carries at all: a
+    swapper can only transfer what its encoder's embedding holds.
+    """
+    n = int(len(embeddings) * train_fraction)
+    if not 2 <= n <= len(embeddings) - 2:
+        raise ValueError(f"linear_probe_r2: {len(embeddings)} rows are too few to fit and test a probe")
+    x = torch.cat([embeddings.double(), torch.ones(len(embeddings), 1, dtype=torch.double)], dim=1)
+    y = targets.double()
+    gram = x[:n].T @ x[:n] + ridge * torch.eye(x.shape[1], dtype=torch.double)
+    weights = torch.linalg.solve(gram, x[:n].T @ y[:n])  # (D + 1, F)
+    residual = ((x[n:] @ weights - y[n:]) ** 2).mean(0)
+    return (1 - residual / y[n:].var(0, unbiased=False).clamp(min=1e-12)).float()

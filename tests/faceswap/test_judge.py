@@ -222,3 +222,29 @@ def test_a_judge_saved_before_the_mouth_crop_still_loads(tmp_path):
     assert judge.mouth is None
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     torch.testing.assert_close(judge(x)[1], old.eval()(x)[1])
+
+
+def test_linear_probe_reads_what_the_embedding_holds_and_nothing_else():
+    from repsuite.faceswap.judging import linear_probe_r2
+
+    torch.manual_seed(0)
+    emb = torch.randn(400, 16)
+    readable = emb @ torch.randn(16, 2) + 0.01 * torch.randn(400, 2)  # linear in the embedding
+    hidden = torch.randn(400, 1)  # independent of it
+    r2 = linear_probe_r2(emb, torch.cat([readable, hidden], dim=1))
+    assert r2[:2].min() > 0.99 and r2[2] < 0.05
+    with pytest.raises(ValueError, match="too few"):
+        linear_probe_r2(emb[:3], hidden[:3])
+
+
+def test_probe_tool_prints_r2_per_identity_parameter(faces, tmp_path, capsys):
+    from repsuite.faceswap.arcface import iresnet
+
+    enc = tmp_path / "backbone.pth"
+    torch.save(iresnet(18, input_size=32).state_dict(), enc)
+    out = tmp_path / "probe.json"
+    assert main(["faceswap", "probe", str(enc), "--faces", str(faces / "judge"), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "linear-probe R²" in printed and all(f in printed for f in IDENTITY_FIELDS)
+    figures = json.loads(out.read_text())[str(enc)]
+    assert list(figures) == list(IDENTITY_FIELDS) and all(v <= 1 for v in figures.values())
