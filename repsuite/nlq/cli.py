@@ -166,6 +166,42 @@ def _add_eval(sub: Any) -> None:
     ev.set_defaults(func=_eval)
 
 
+def _naq(ns: argparse.Namespace) -> int:
+    from repsuite.nlq.naq import build_naq, merge_annotations
+
+    data, counts = build_naq(ns.root, ns.version, ns.split, ns.egoclip)
+    what = f"{counts['kept']} narration queries in {counts['clips']} clips of {counts['videos']} videos"
+    if ns.merge_with:
+        nlq = load_json(ns.merge_with)
+        data = merge_annotations(data, nlq)
+        n_nlq = sum(len(a.get("language_queries", [])) for v in nlq["videos"] for c in v["clips"]
+                    for a in c.get("annotations", []))  # fmt: skip
+        what += f", merged with {n_nlq} queries of {ns.merge_with}"
+    Path(ns.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(ns.output).write_text(json.dumps(data))
+    print(f"{what} -> {ns.output}")
+    for reason, n in sorted(counts.items()):
+        if reason.startswith("dropped"):
+            print(f"  {reason}: {n}")
+    return 0
+
+
+def _add_naq(sub: Any) -> None:
+    nq = sub.add_parser(
+        "naq",
+        help="narrations as queries (NaQ): NLQ-format training queries from narration.json",
+        description="Turn ROOT/<version>/annotations/narration.json into NLQ-format queries (EgoClip "
+        "windows) inside the split's episodic-memory clips; the output reads like nlq_train.json.",
+    )
+    nq.add_argument("root", metavar="ROOT", help="the ego4d download folder (holds <version>/annotations)")
+    nq.add_argument("-o", "--output", required=True, help="OUT.json (the nlq_train.json schema)")
+    nq.add_argument("--version", default="v2", choices=["v1", "v2"])
+    nq.add_argument("--split", default="train", choices=["train", "val"])
+    nq.add_argument("--egoclip", help="EgoVLP's egoclip.csv: take its windows instead of the EgoClip rule")
+    nq.add_argument("--merge-with", help="an NLQ annotation file (e.g. nlq_train.json) to merge into OUT")
+    nq.set_defaults(func=_naq)
+
+
 def _add_synth(sub: Any) -> None:
     sy = sub.add_parser(
         "synth",
@@ -301,7 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"repsuite {__version__}")
     sub = parser.add_subparsers(dest="tool", required=True, metavar="TOOL")
     for add in (_add_eval, _add_synth, _add_submit, _add_query, _add_extract_text, _add_extract_video,
-                _add_ensemble):  # fmt: skip
+                _add_ensemble, _add_naq):  # fmt: skip
         add(sub)
     return parser
 

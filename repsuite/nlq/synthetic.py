@@ -52,6 +52,7 @@ class SyntheticSpec:
     sources: dict[str, int] | None = None  # source folder -> dim; default slowfast 64-d + clip 32-d
     text_source: str | None = "clip_text_vitb16"
     text_dim: int = 32
+    narrations: bool = True  # also write annotations/narration.json (dense narrations of the events)
     noise: float = 1.0
     signal: float = 2.5
     seed: int = 0
@@ -82,6 +83,7 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
 
     split_names = {"train": "nlq_train.json", "val": "nlq_val.json", "test": "nlq_test_unannotated.json"}
     video_counter = 0
+    narrations: dict[str, dict] = {}
     for split, count in spec.num_videos.items():
         videos = []
         for _ in range(count):
@@ -97,6 +99,7 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
                 for name, dim in spec.sources.items()
             }
             clips, t = [], gaps[0]
+            events: list[tuple[float, float, str]] = []  # (video start, end seconds, object) of every event
             for ci, length in enumerate(clip_lengths):
                 start, end = t + rng.uniform(0, 0.5), t + length
                 t = end + gaps[ci + 1]
@@ -115,14 +118,64 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
                         signatures,
                         word_vectors,
                         base,
+                        events,
                     )
                 )
             for name, tensor in feats.items():
                 torch.save(tensor.contiguous(), base / name / f"{video_uid}.pt")
             videos.append({"video_uid": video_uid, "split": split, "clips": clips})
+            if spec.narrations:
+                narrations[video_uid] = _narrate(random.Random(f"{spec.seed}-{video_uid}"), total_sec, events)
         data = _file_header(split, version) | {"videos": videos}
         (base / "annotations" / split_names[split]).write_text(json.dumps(data, indent=1))
+    if spec.narrations:
+        (base / "annotations" / "narration.json").write_text(json.dumps(narrations))
     return base
+
+
+_FILLERS = ("#C C looks around", "#C C walks in the room", "#C C adjusts the camera", "#C C stands still",
+            "#O man X talks to C", "#C C opens a drawer")  # fmt: skip
+_ACTIONS = ("#C C picks up the {}", "#C C holds the {}", "#C C puts down the {}", "#C C looks at the {}")
+
+
+def _narrate(rng: random.Random, seconds: float, events: list[tuple[float, float, str]]) -> dict:
+    """Two narration passes in Ego4D's layout: the events in the questions' words, fillers every few seconds.
+
+    About 4% of narrations are marked ``#unsure``; every third video has no second pass, as some real ones.
+    """
+
+    def one_pass(jitter: float, filler_gap: tuple[float, float]) -> list[dict]:
+        items = []
+        t = rng.uniform(0.5, 3.0)
+        while t < seconds:
+            items.append((t, rng.choice(_FILLERS)))
+            t += rng.uniform(*filler_gap)
+        for start, end, obj in events:
+            for _ in range(rng.choice((1, 2))):
+                t = min(max(rng.uniform(start, end) + rng.uniform(-jitter, jitter), 0.0), seconds)
+                items.append((t, rng.choice(_ACTIONS).format(obj)))
+        items = [(t, "#C C picks #unsure" if rng.random() < 0.04 else text) for t, text in items]
+        return [{"timestamp_sec": round(t, 3), "timestamp_frame": int(t * 30), "narration_text": text,
+                 "annotation_uid": f"narr-{i}"} for i, (t, text) in enumerate(sorted(items))]  # fmt: skip
+
+    def summary(text: str) -> list[dict]:
+        return [
+            {"start_sec": 0.0, "end_sec": round(seconds, 3), "summary_text": text, "annotation_uid": "sum"}
+        ]
+
+    out = {
+        "narration_pass_1": {
+            "narrations": one_pass(0.3, (2.0, 6.0)),
+            "summaries": summary("#Summary C tidies up"),
+        }
+    }
+    if rng.random() < 2 / 3:
+        out["narration_pass_2"] = {
+            "narrations": one_pass(0.6, (3.0, 8.0)),
+            "summaries": summary("#Summary C works"),
+        }
+    out["status"] = "complete"
+    return out
 
 
 def _file_header(split: str, version: str) -> dict:
@@ -141,7 +194,9 @@ def _file_header(split: str, version: str) -> dict:
     }
 
 
-def _make_clip(rng, g, spec, split, video_uid, ci, start, end, n_rows, feats, signatures, word_vectors, base):
+def _make_clip(
+    rng, g, spec, split, video_uid, ci, start, end, n_rows, feats, signatures, word_vectors, base, events_out
+):
     clip_uid = f"{video_uid}-clip{ci}"
     row0, row1 = clip_row_range(start, end, n_rows)
     n = row1 - row0
@@ -154,6 +209,7 @@ def _make_clip(rng, g, spec, split, video_uid, ci, start, end, n_rows, feats, si
         for name, tensor in feats.items():
             tensor[row0 + j0 : row0 + j1 + 1] += spec.signal * signatures[name][obj]
         events.append((obj, j0, j1))
+        events_out.append((start + j0 / ROWS_PER_SEC, start + (j1 + 1) / ROWS_PER_SEC, OBJECTS[obj]))
     queries = []
     for obj, j0, j1 in rng.sample(events, min(spec.queries_per_clip, len(events))):
         template, pattern = rng.choice(TEMPLATES)

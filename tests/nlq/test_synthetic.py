@@ -22,6 +22,7 @@ def synth(tmp_path_factory):
 def test_layout_matches_the_official_download(synth):
     base, spec = synth
     assert sorted(p.name for p in (base / "annotations").iterdir()) == [
+        "narration.json",  # Ego4D's narrations (for NaQ), all videos in one file
         "nlq_test_unannotated.json",
         "nlq_train.json",
         "nlq_val.json",

@@ -1,0 +1,163 @@
+"""Narrations as queries: narration.json in the Ego4D layout → NLQ-format queries (EgoClip windows)."""
+
+import json
+
+import pytest
+
+from repsuite.cli import main
+from repsuite.nlq.annotations import load_nlq_annotations
+from repsuite.nlq.naq import (
+    NaQError,
+    build_naq,
+    clean_narration,
+    egoclip_windows,
+    merge_annotations,
+    read_narrations,
+)
+from repsuite.nlq.synthetic import SyntheticSpec, write_synthetic_ego4d
+
+
+def _narr(t, text, uid="n"):
+    return {"timestamp_sec": t, "timestamp_frame": int(t * 30), "narration_text": text, "annotation_uid": uid}
+
+
+def _download(tmp_path, narrations, clips):
+    """ROOT/v2/annotations with nlq_train.json holding ``clips`` {video: [(clip_uid, start, end)]}."""
+    ann = tmp_path / "v2" / "annotations"
+    ann.mkdir(parents=True)
+    videos = [
+        {"video_uid": v, "split": "train", "clips": [
+            {"clip_uid": c, "video_start_sec": s, "video_end_sec": e, "annotations": []} for c, s, e in cs]}
+        for v, cs in clips.items()
+    ]  # fmt: skip
+    (ann / "nlq_train.json").write_text(json.dumps({"version": "2.0", "videos": videos}))
+    (ann / "narration.json").write_text(json.dumps(narrations))
+    return tmp_path
+
+
+def test_clean_narration():
+    assert clean_narration("#C C picks up the knife") == "the camera wearer picks up the knife"
+    assert clean_narration("#O man X hands #C C a cup.") == "someone man X hands the camera wearer a cup"
+    assert clean_narration("#C C picks #unsure") is None and clean_narration("  #summary ") is None
+
+
+def test_egoclip_rule_scales_windows_by_each_videos_narration_density(tmp_path):
+    narrations = {
+        "dense": {"narration_pass_1": {"narrations": [_narr(t, "#C C a") for t in (10, 12, 14, 16)]}},
+        "sparse": {"narration_pass_1": {"narrations": [_narr(t, "#C C b") for t in (10, 16, 22)]}},
+        "single": {"narration_pass_1": {"narrations": [_narr(5, "#C C c")]}},  # no gap: the mean window
+    }
+    path = tmp_path / "narration.json"
+    path.write_text(json.dumps(narrations))
+    windows = egoclip_windows(read_narrations(path))
+    # beta: 2 s and 6 s, alpha = 4 s: windows of 0.5 s and 1.5 s, centred on the narrations; 1 s when alone
+    assert windows["dense"][0][:2] == pytest.approx((9.75, 10.25))
+    assert windows["sparse"][1][:2] == pytest.approx((15.25, 16.75))
+    assert [(s, e) for s, e, _ in windows["single"]] == [pytest.approx((4.5, 5.5))]
+
+
+def test_build_keeps_narrations_inside_clips_and_counts_what_it_drops(tmp_path):
+    narrations = {
+        "v": {"narration_pass_1": {"narrations": [  # one pass: narration_pass_2 missing, as in some videos
+            _narr(3.0, "#C C walks"),  # before the clip
+            _narr(10.5, "#C C opens the door"),  # window [10.0, 11.0]: starts exactly at the clip start
+            _narr(10.45, "#C C looks"),  # window [9.95, 10.95]: crosses the clip border
+            _narr(11.0, "#C C picks #unsure"),
+            _narr(11.5, ""),
+            _narr(12.0, "#C C holds the cup"),
+        ]}},
+        # its mean gap (1.8 s) equals v's, so alpha = beta and every window is 1 s long
+        "elsewhere": {"narration_pass_1": {"narrations": [_narr(1.0, "#C C x"), _narr(2.8, "#C C y")]}},
+    }  # fmt: skip
+    root = _download(tmp_path, narrations, {"v": [("clip-a", 10.0, 20.0)]})
+    data, counts = build_naq(root)
+    (clip,) = data["videos"][0]["clips"]
+    queries = clip["annotations"][0]["language_queries"]
+    assert [q["query"] for q in queries] == [
+        "the camera wearer opens the door",
+        "the camera wearer holds the cup",
+    ]
+    assert queries[0]["clip_start_sec"] == pytest.approx(0.0) and queries[0]["video_start_sec"] == 10.0
+    assert counts["kept"] == 2 and counts["videos"] == 1 and counts["clips"] == 1
+    assert counts["dropped: unsure or empty text"] == 2
+    assert counts["dropped: not inside an episodic-memory clip"] == 2  # before the clip, across its border
+    out = tmp_path / "naq.json"
+    out.write_text(json.dumps(data))
+    assert len(load_nlq_annotations(out).queries) == 2  # the NLQ reader takes it as is
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("{not json", "cannot be read as JSON"),
+        (json.dumps({"v": {"narration_pass_1": {"narrations": "x"}}}),
+         r"\['v'\]\['narration_pass_1'\]\.narrations"),
+        (json.dumps({"v": {"narration_pass_2": {"narrations": [{"timestamp_sec": "soon"}]}}}),
+         r"narrations\[0\]\.timestamp_sec: expected seconds >= 0, got 'soon'"),
+        (json.dumps({"v": {"narration_pass_1": {"narrations": [_narr(1.0, 7)]}}}),
+         r"narration_text: expected a string"),
+    ],
+)  # fmt: skip
+def test_malformed_narration_file_names_the_file_and_the_field(tmp_path, content, message):
+    path = tmp_path / "narration.json"
+    path.write_text(content)
+    with pytest.raises(NaQError, match=message) as err:
+        read_narrations(path)
+    assert str(path) in str(err.value)
+
+
+def test_merge_keeps_both_annotation_lists_of_a_shared_clip_and_refuses_mismatched_times():
+    clip = {"clip_uid": "c", "video_start_sec": 1.0, "video_end_sec": 9.0}
+    nlq = {"version": "2.0", "videos": [{"video_uid": "v", "clips": [clip | {"annotations": [{"a": 1}]}]}]}
+    other = clip | {"clip_uid": "d", "annotations": [{"c": 3}]}
+    naq = {"videos": [{"video_uid": "v", "clips": [clip | {"annotations": [{"b": 2}]}]},
+                      {"video_uid": "w", "clips": [other]}]}  # fmt: skip
+    merged = merge_annotations(naq, nlq)
+    assert merged["version"] == "2.0" and [v["video_uid"] for v in merged["videos"]] == ["v", "w"]
+    assert merged["videos"][0]["clips"][0]["annotations"] == [{"a": 1}, {"b": 2}]
+    naq["videos"][0]["clips"][0]["video_end_sec"] = 9.5
+    with pytest.raises(NaQError, match="video_end_sec"):
+        merge_annotations(naq, nlq)
+
+
+def test_egoclip_csv_windows_are_used_when_given(tmp_path):
+    root = _download(tmp_path, {}, {"v": [("clip-a", 10.0, 20.0)]})
+    csv = tmp_path / "egoclip.csv"
+    rows = [
+        "video_uid\tclip_start\tclip_end\tclip_text",
+        "v\t11.0\t13.5\t#C C cuts the onion",
+        "v\t19\t21\tx",
+    ]
+    csv.write_text("\n".join(rows) + "\n")
+    data, counts = build_naq(root, egoclip=csv)
+    (q,) = data["videos"][0]["clips"][0]["annotations"][0]["language_queries"]
+    assert (q["clip_start_sec"], q["clip_end_sec"], q["query"]) == (
+        1.0,
+        3.5,
+        "the camera wearer cuts the onion",
+    )
+    assert counts["dropped: not inside an episodic-memory clip"] == 1
+
+
+def test_synthetic_download_has_narrations_and_the_naq_command_builds_a_merged_file(tmp_path, capsys):
+    spec = SyntheticSpec(
+        num_videos={"train": 3, "val": 1, "test": 1},
+        clips_per_video=1,
+        clip_seconds=(30, 40),
+        sources={"slowfast8x8_r101_k400": 8},
+        text_source=None,
+    )
+    write_synthetic_ego4d(tmp_path, spec)
+    narr = read_narrations(tmp_path / "v2/annotations/narration.json")
+    assert len(narr) == 5 and all(len(n) > 5 for n in narr.values())
+    out = tmp_path / "train_naq.json"
+    nlq = tmp_path / "v2/annotations/nlq_train.json"
+    assert main(["nlq", "naq", str(tmp_path), "-o", str(out), "--merge-with", str(nlq)]) == 0
+    printed = capsys.readouterr().out
+    merged = load_nlq_annotations(out).queries
+    n_nlq = len(load_nlq_annotations(nlq).queries)
+    kept = int(printed.split(" narration queries")[0])
+    assert len(merged) == n_nlq + kept and kept > 20 and "dropped: unsure or empty text" in printed
+    # the events' narrations use the questions' object words, inside the answer windows of the questions
+    objects = {q.query.split()[-1].rstrip("?") for q in load_nlq_annotations(nlq).queries}
+    assert any(any(o in q.query for o in objects) for q in merged if q.template is None)
