@@ -174,3 +174,10 @@ def test_face_service_swaps_a_short_video_and_refuses_a_long_one(tiny_ckpt, tmp_
     (uploads / "notes.mp4").write_text("not a video")
     with pytest.raises(ServeError, match="not a video this page can read"):
         service.swap_video(str(source), str(uploads / "notes.mp4"), "largest")
+
+
+def test_serve_binds_to_this_machine_only_by_default_and_needs_a_checkpoint(capsys):
+    from repsuite.serve.cli import _parser, main
+
+    assert _parser().parse_args(["--nlq-ckpt", "x.ckpt"]).host == "127.0.0.1"
+    assert main([]) == 2 and "give --nlq-ckpt and/or --faceswap-ckpt" in capsys.readouterr().err
