@@ -130,7 +130,7 @@ def _face_tab(service: FaceService, video: bool) -> None:
         path, record = service.swap_image(src, tgt, choice)
         what, version = record.get("content", "face swap"), record.get("repsuite", "")
         text = f"**Synthetic image** — {what} by repsuite {version}"
-        return str(path), text, record, str(path)
+        return str(_display_copy(path)), text, record, str(path)
 
     run.click(
         _page_error(swap),
@@ -150,6 +150,21 @@ def _face_tab(service: FaceService, video: bool) -> None:
             [result_video, provenance],
             api_name="face_swap_video",
         )
+
+
+def _display_copy(path: Path, at_least: int = 256) -> Path:
+    """A larger copy of a small result for the page (a 64 px swap is a speck); downloads get the original."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        scale = -(-at_least // min(img.size))  # ceil
+        if scale <= 1:
+            return path
+        view = path.with_name(f"{path.stem}-view.png")
+        img.convert("RGB").resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST).save(
+            view
+        )
+    return view
 
 
 def build_app(
