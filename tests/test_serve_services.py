@@ -181,3 +181,19 @@ def test_serve_binds_to_this_machine_only_by_default_and_needs_a_checkpoint(caps
 
     assert _parser().parse_args(["--nlq-ckpt", "x.ckpt"]).host == "127.0.0.1"
     assert main([]) == 2 and "give --nlq-ckpt and/or --faceswap-ckpt" in capsys.readouterr().err
+
+
+def test_face_service_says_when_no_face_is_found(tiny_ckpt, faces, tmp_path):
+    """The page shows this message (every InputError becomes one): here from a detector that finds nothing."""
+    from repsuite.faceswap import Faces, FaceSwapper, GivenFaces
+    from repsuite.serve.services import FaceService
+
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    for name in ("a.png", "b.png"):
+        shutil.copy(faces / "pairs/source/0000.png", uploads / name)
+    none = Faces(torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 5, 2))
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([none]), device="cpu")
+    service = FaceService(swapper, tmp_path, UploadGuard([uploads]))
+    with pytest.raises(InputError, match=r"a\.png: no face found"):
+        service.swap_image(str(uploads / "a.png"), str(uploads / "b.png"), "largest")
