@@ -284,24 +284,39 @@ def parse_nlq_annotations(
     return result
 
 
-def merge_annotations(parts: list[NLQAnnotations]) -> NLQAnnotations:
+def merge_annotations(parts: list[NLQAnnotations], shared_clips: bool = False) -> NLQAnnotations:
     """One training set from several parsed files (e.g. train + val for a test-server entry).
+
+    Args:
+        parts: the parsed files, in order (their queries are concatenated in this order).
+        shared_clips: allow a clip in several files when they agree on its place in the video — further
+            query sources for the same clips, such as narrations as queries (NaQ) next to NLQ train.
 
     Raises:
         NLQAnnotationError: a clip that appears in two files (the splits of one release never share clips;
-            merging two releases' files would count its queries twice).
+            merging two releases' files would count its queries twice), or, with ``shared_clips``, a clip
+            whose video times differ between files.
     """
     if len(parts) == 1:
         return parts[0]
     clips: dict[str, NLQClip] = {}
     for part in parts:
-        shared = clips.keys() & part.clips.keys()
-        if shared:
-            raise NLQAnnotationError(
-                f"{part.path}: clip {sorted(shared)[0]} is also in an earlier training file; the merged "
-                "training splits must not share clips"
-            )
-        clips |= part.clips
+        for uid in sorted(clips.keys() & part.clips.keys()):
+            a, b = clips[uid], part.clips[uid]
+            if not shared_clips:
+                raise NLQAnnotationError(
+                    f"{part.path}: clip {uid} is also in an earlier training file; the merged training "
+                    "splits must not share clips"
+                )
+            if (
+                abs(a.video_start_sec - b.video_start_sec) > 1e-3
+                or abs(a.video_end_sec - b.video_end_sec) > 1e-3
+            ):
+                raise NLQAnnotationError(
+                    f"{part.path}: clip {uid} spans [{b.video_start_sec}, {b.video_end_sec}] s of its video "
+                    f"here and [{a.video_start_sec}, {a.video_end_sec}] s in an earlier training file"
+                )
+        clips = part.clips | clips  # the first file's record of a shared clip is kept
     return NLQAnnotations(
         path=" + ".join(p.path for p in parts), version=parts[0].version, clips=clips,
         queries=[q for p in parts for q in p.queries], num_raw_queries=sum(p.num_raw_queries for p in parts),

@@ -11,12 +11,14 @@ Expected layout (what ``ego4d --output_directory ROOT --datasets annotations <so
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
+import torch
 from lightning.pytorch import LightningDataModule
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from repsuite.nlq.annotations import load_nlq_annotations, merge_annotations
 from repsuite.nlq.clip_text import (
@@ -78,6 +80,14 @@ class Ego4DNLQDataModule(LightningDataModule):
         num_workers: DataLoader workers.
         train_splits: annotation splits trained on, merged (``[train]``; ``[train, val]`` for a test-server
             entry, as challenge entries and the thesis's do; see ``configs/nlq/test_server.yaml``).
+        train_files: further annotation files trained on, in the NLQ schema, e.g. narrations as queries from
+            ``repsuite nlq naq`` (names are looked up in ``root/version/annotations``, else taken as paths).
+            Their queries may share clips with the splits (same video times required).
+        train_weights: how often each training source is drawn: one weight for the merged
+            ``train_splits``, then one per ``train_files`` entry (each source's queries are drawn with
+            replacement, with probability proportional to its weight; epochs keep the total query count).
+            NaQ has ~80x more queries than NLQ, so equal weights keep NLQ from being drowned. None: every
+            query once per epoch, shuffled.
         val_split: annotation split used for validation.
         test_split: annotation split used by ``test`` (needs ground truth, so ``val`` by default).
         predict_split: annotation split used by ``predict`` (the unannotated test file by default).
@@ -105,6 +115,8 @@ class Ego4DNLQDataModule(LightningDataModule):
         eval_batch_size: int = 64,
         num_workers: int = 0,
         train_splits: list[Literal["train", "val"]] | None = None,
+        train_files: list[str] | None = None,
+        train_weights: list[float] | None = None,
         val_split: Literal["train", "val", "test"] = "val",
         test_split: Literal["train", "val", "test"] = "val",
         predict_split: Literal["train", "val", "test"] = "test",
@@ -129,6 +141,16 @@ class Ego4DNLQDataModule(LightningDataModule):
             )
         self.sources = [FeatureSource(name, self.base / name) for name in self.feature_names]
         self.datasets: dict[str, Ego4DNLQDataset] = {}
+        self.train_file_paths = [self._annotation_path(f) for f in train_files or []]
+        if train_weights is not None:
+            want = 1 + len(self.train_file_paths)
+            if len(train_weights) != want or min(train_weights) < 0 or sum(train_weights) <= 0:
+                raise ValueError(
+                    f"Ego4DNLQDataModule: train_weights {train_weights}: expected {want} non-negative "
+                    f"weights (the train splits, then each of the {want - 1} train_files), not all zero"
+                )
+        #: per training query, the index of its source (0: the splits, i: train_files[i - 1])
+        self.train_sources: list[int] = []
 
     def __str__(self) -> str:
         # LightningDataModule.__str__ builds every dataloader; jsonargparse calls str() while linking
@@ -186,24 +208,42 @@ class Ego4DNLQDataModule(LightningDataModule):
         path = self.base / "annotations" / SPLIT_FILES[self.hparams.predict_split]
         return path if self.hparams.predict_split != "test" and path.exists() else None
 
+    def _annotation_path(self, name: str) -> Path:
+        """A train file by name in the download's annotations folder, else as a path; it must exist."""
+        for path in (self.base / "annotations" / name, Path(name)):
+            if path.is_file():
+                return path
+        raise FileNotFoundError(
+            f"Ego4DNLQDataModule: train_files entry {name!r} is neither in {self.base / 'annotations'} "
+            "nor a file"
+        )
+
     @property
     def train_splits(self) -> list[str]:
         """The annotation splits merged into the training set."""
         return list(self.hparams.train_splits or ["train"])
 
     def dataset(self, split: str) -> Ego4DNLQDataset:
-        """The dataset of one annotation split (built once); ``"train"`` merges :attr:`train_splits`."""
+        """The dataset of one annotation split (built once); ``"train"`` merges the splits and train files."""
         if split not in self.datasets:
             train = split == "train"
+            files = [
+                self.base / "annotations" / SPLIT_FILES[name]
+                for name in (self.train_splits if train else [split])
+            ]
             parts = [
                 load_nlq_annotations(
-                    self.base / "annotations" / SPLIT_FILES[name],
+                    path,
                     drop_zero_length=train and self.hparams.drop_zero_length_train,
                     drop_empty_query=train and self.hparams.drop_empty_query_train,
                 )
-                for name in (self.train_splits if train else [split])
+                for path in files + (self.train_file_paths if train else [])
             ]
-            ann = merge_annotations(parts)
+            splits = merge_annotations(parts[: len(files)])
+            ann = merge_annotations([splits, *parts[len(files) :]], shared_clips=True)
+            source_of = {id(q): 0 for q in splits.queries}
+            for i, part in enumerate(parts[len(files) :], start=1):
+                source_of |= {id(q): i for q in part.queries}
             rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
             text_dir = self.base / self.text_features if self.text_features else None
             transform = self.train_transform() if train else None
@@ -220,6 +260,8 @@ class Ego4DNLQDataModule(LightningDataModule):
             skipped = self.datasets[split].check_files(skip_missing=train)
             if skipped:
                 rank_zero_info(f"[Ego4DNLQDataModule] {split}: skipped {skipped}")
+            if train:
+                self.train_sources = [source_of[id(q)] for q in self.datasets[split].queries]
         return self.datasets[split]
 
     def train_transform(self) -> Compose | None:
@@ -241,7 +283,7 @@ class Ego4DNLQDataModule(LightningDataModule):
         h = self.hparams
         if h.text != "clip":
             return
-        files = [self.base / "annotations" / f for f in SPLIT_FILES.values()]
+        files = [self.base / "annotations" / f for f in SPLIT_FILES.values()] + self.train_file_paths
         queries = [q for f in files if f.exists() for q in load_nlq_annotations(f).queries]
         out = self.base / self.text_features
         complete = all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
@@ -268,12 +310,30 @@ class Ego4DNLQDataModule(LightningDataModule):
         elif stage == "predict":
             self.dataset(self.hparams.predict_split)
 
+    def train_sampler(self) -> WeightedRandomSampler | None:
+        """Draws each training source with probability ∝ its ``train_weights`` entry (None: no weights)."""
+        weights = self.hparams.train_weights
+        if weights is None:
+            return None
+        dataset = self.dataset("train")
+        counts = Counter(self.train_sources)
+        for i, w in enumerate(weights):
+            if w > 0 and not counts[i]:
+                name = "the train splits" if i == 0 else str(self.train_file_paths[i - 1])
+                raise ValueError(
+                    f"Ego4DNLQDataModule: train_weights[{i}] = {w} but {name} has no queries left"
+                )
+        per_query = torch.tensor([weights[s] / counts[s] for s in self.train_sources], dtype=torch.double)
+        return WeightedRandomSampler(per_query, num_samples=len(dataset), replacement=True)
+
     def _loader(self, split: str, train: bool) -> DataLoader:
         h = self.hparams
+        sampler = self.train_sampler() if train else None
         return DataLoader(
             self.dataset(split),
             batch_size=h.batch_size if train else h.eval_batch_size,
-            shuffle=train,
+            shuffle=train and sampler is None,
+            sampler=sampler,
             num_workers=h.num_workers,
             collate_fn=collate_nlq,
             persistent_workers=h.num_workers > 0,

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from repsuite.cli import main
 from repsuite.nlq.annotations import load_nlq_annotations
@@ -161,3 +162,64 @@ def test_synthetic_download_has_narrations_and_the_naq_command_builds_a_merged_f
     # the events' narrations use the questions' object words, inside the answer windows of the questions
     objects = {q.query.split()[-1].rstrip("?") for q in load_nlq_annotations(nlq).queries}
     assert any(any(o in q.query for o in objects) for q in merged if q.template is None)
+
+
+def test_datamodule_trains_on_naq_beside_nlq_and_draws_each_source_by_its_weight(tmp_path):
+    from repsuite.nlq import Ego4DNLQDataModule
+
+    spec = SyntheticSpec(num_videos={"train": 3, "val": 1, "test": 1}, clips_per_video=1,
+                         clip_seconds=(30, 40), sources={"slowfast8x8_r101_k400": 8},
+                         text_source=None)  # fmt: skip
+    write_synthetic_ego4d(tmp_path, spec)
+    naq = tmp_path / "naq.json"
+    assert main(["nlq", "naq", str(tmp_path), "-o", str(naq)]) == 0
+    n_naq = len(load_nlq_annotations(naq).queries)
+    n_nlq = len(load_nlq_annotations(tmp_path / "v2/annotations/nlq_train.json").queries)
+
+    def data(**kw):
+        dm = Ego4DNLQDataModule(str(tmp_path), features=["slowfast8x8_r101_k400"], batch_size=4, **kw)
+        dm.setup("fit")
+        return dm
+
+    both = data(train_files=[str(naq)])  # NaQ shares the NLQ clips
+    assert len(both.dataset("train")) == n_nlq + n_naq
+    assert both.train_sources.count(0) == n_nlq and both.train_sources.count(1) == n_naq
+    assert both.train_sampler() is None  # no weights: every query once per epoch
+    for weights, source in (([1.0, 0.0], 0), ([0.0, 1.0], 1)):
+        dm = data(train_files=[str(naq)], train_weights=weights)
+        drawn = list(dm.train_sampler())
+        assert len(drawn) == n_nlq + n_naq and {dm.train_sources[i] for i in drawn} == {source}
+    torch.manual_seed(0)
+    dm = data(train_files=[str(naq)], train_weights=[1.0, 1.0])  # equal weights: half the draws are NLQ
+    share = sum(dm.train_sources[i] == 0 for i in dm.train_sampler()) / (n_nlq + n_naq)
+    assert 0.35 < share < 0.65 and n_nlq / (n_nlq + n_naq) < 0.2
+    with pytest.raises(ValueError, match="expected 2 non-negative weights"):
+        data(train_files=[str(naq)], train_weights=[1.0])
+    with pytest.raises(FileNotFoundError, match=r"nowhere\.json"):
+        data(train_files=["nowhere.json"])
+
+
+def test_merging_training_files_that_disagree_on_a_shared_clip_is_refused(tmp_path):
+    from repsuite.nlq.annotations import NLQAnnotationError
+    from repsuite.nlq.annotations import merge_annotations as merge_parsed
+
+    ann = tmp_path / "v2/annotations"
+    clip = {"clip_uid": "c", "video_start_sec": 1.0, "video_end_sec": 30.0}
+    q = {
+        "clip_start_sec": 1.0,
+        "clip_end_sec": 2.0,
+        "video_start_sec": 2.0,
+        "video_end_sec": 3.0,
+        "query": "x?",
+    }
+    for name, end in (("a.json", 30.0), ("b.json", 31.0)):
+        video = {"video_uid": "v", "clips": [clip | {"video_end_sec": end, "annotations": [
+            {"annotation_uid": name, "language_queries": [q]}]}]}  # fmt: skip
+        ann.mkdir(parents=True, exist_ok=True)
+        (ann / name).write_text(json.dumps({"version": "2.0", "videos": [video]}))
+    a, b = (load_nlq_annotations(ann / n) for n in ("a.json", "b.json"))
+    with pytest.raises(NLQAnnotationError, match="must not share clips"):
+        merge_parsed([a, b])
+    with pytest.raises(NLQAnnotationError, match=r"clip c spans \[1.0, 31.0\] s"):
+        merge_parsed([a, b], shared_clips=True)
+    assert len(merge_parsed([a, a], shared_clips=True).queries) == 2
