@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
 
 from repsuite.nlq.data import bins_to_seconds
@@ -61,6 +62,9 @@ class NLQModule(ExactResumeMixin, LightningModule):
             the author's release (plain pooling by score; its five windows are often near-copies of one).
         candidates_per_scale: (start, end) pairs each scale proposes before pooling (default: 4·top_k with
             NMS, so enough survive it; top_k without, as the release).
+        init_from: an NLQModule checkpoint whose network weights start this run (weights only: no optimizer
+            state, step count or hyper-parameters), e.g. the NaQ pre-training before fine-tuning on NLQ
+            (``configs/nlq/naq_finetune.yaml``). Not applied when resuming with ``--ckpt_path``.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
         deduplicate: bool = False,
         nms_iou: float | None = 0.5,
         candidates_per_scale: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -120,9 +125,40 @@ class NLQModule(ExactResumeMixin, LightningModule):
         self.model = NLQModel(NLQModelConfig(**sizes | {"video_dim": video_dim, "text_dim": text_dim}))
 
     def setup(self, stage: str) -> None:
-        """Build the network, taking feature widths not given to the constructor from the DataModule."""
-        if self.model is not None:
-            return
+        """Build the network (widths not given come from the DataModule); start it from ``init_from``."""
+        if self.model is None:
+            self._build_from_data()
+        resuming = self._trainer is not None and self.trainer.ckpt_path is not None
+        if stage == "fit" and self.hparams.init_from and not resuming:
+            self.load_initial_weights(self.hparams.init_from)
+
+    def load_initial_weights(self, path: str) -> None:
+        """Copy a checkpoint's network weights into this model (weights only; nothing else is taken).
+
+        Raises:
+            CheckpointError: not an NLQModule checkpoint, or a network of another architecture (the keys or
+                shapes that differ are named).
+        """
+        from repsuite.checkpoints import CheckpointError, check_keys
+
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        except (OSError, RuntimeError) as err:
+            raise CheckpointError(
+                f"init_from {path}: cannot be read as a weights-only checkpoint ({err})"
+            ) from err
+        state = {
+            k[len("model.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("model.")
+        }
+        if not state:
+            raise CheckpointError(
+                f"init_from {path}: no NLQModule network weights ('model.*') in its state_dict"
+            )
+        check_keys(state, self.model.state_dict(), f"init_from {path}", "NLQModel")
+        self.model.load_state_dict(state)
+        rank_zero_info(f"NLQModule: network initialised from {path} ({len(state)} tensors)")
+
+    def _build_from_data(self) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dims = {}
         for name in ("video_dim", "text_dim"):

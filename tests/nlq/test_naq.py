@@ -223,3 +223,28 @@ def test_merging_training_files_that_disagree_on_a_shared_clip_is_refused(tmp_pa
     with pytest.raises(NLQAnnotationError, match=r"clip c spans \[1.0, 31.0\] s"):
         merge_parsed([a, b], shared_clips=True)
     assert len(merge_parsed([a, a], shared_clips=True).queries) == 2
+
+
+def test_init_from_copies_a_checkpoints_network_and_refuses_another_architecture(checkpoint, tmp_path):
+    """NaQ fine-tuning starts from the pre-training's weights: --model.init_from, weights only."""
+    import inspect
+
+    from repsuite.checkpoints import CheckpointError
+    from repsuite.nlq import NLQModule
+    from repsuite.nlq.module import MODEL_CONFIG_KEY
+
+    ckpt = torch.load(checkpoint, weights_only=True)
+    names = inspect.signature(NLQModule.__init__).parameters
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if k in names}
+    dims = {k: ckpt[MODEL_CONFIG_KEY][k] for k in ("video_dim", "text_dim")}
+    module = NLQModule(**(hp | dims | {"init_from": str(checkpoint)}))
+    module.setup("validate")  # only a fit starts from init_from
+    state = module.model.state_dict()
+    big = max(state, key=lambda k: state[k].numel())
+    assert not torch.equal(state[big], ckpt["state_dict"][f"model.{big}"])  # still its own random init
+    module.setup("fit")
+    for key, value in module.model.state_dict().items():
+        assert torch.equal(value, ckpt["state_dict"][f"model.{key}"]), key
+    other = NLQModule(**(hp | dims | {"hidden": hp.get("hidden", 256) // 2, "init_from": str(checkpoint)}))
+    with pytest.raises(CheckpointError, match=r"init_from .*NLQModel"):
+        other.setup("fit")
