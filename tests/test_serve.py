@@ -107,8 +107,12 @@ def _first_clip(checkpoint):
 @needs_chromium
 def test_nlq_tab_answers_a_question_with_the_predictors_windows(web_page, checkpoint, tmp_path):
     page = web_page
-    predictor, _, clip = _first_clip(checkpoint)
+    predictor, catalogue, clip = _first_clip(checkpoint)
     question = clip.questions[0].question
+    first = next(iter(catalogue.clips.values()))  # the page opens on the first clip, its questions listed
+    page.locator("#nlq-known input").click()
+    playwright.expect(page.get_by_role("option", name=first.questions[0].question)).to_be_visible()
+    page.keyboard.press("Escape")
     page.locator("#nlq-clip input").fill(clip.label)
     page.get_by_role("option", name=clip.label, exact=True).click()
     page.locator("#nlq-question textarea").fill(question)

@@ -41,7 +41,10 @@ def _nlq_tab(service: NLQService) -> None:
             clip = gr.Dropdown(
                 cat.labels, value=cat.labels[0] if cat.labels else None, label="clip", elem_id="nlq-clip"
             )
-            known = gr.Dropdown([], label="annotated questions of this clip", elem_id="nlq-known")
+            first = [q.question for q in cat.get(cat.labels[0]).questions] if cat.labels else []
+            known = gr.Dropdown(
+                first, value=None, label="annotated questions of this clip", elem_id="nlq-known"
+            )
             upload = gr.Video(
                 label="or upload a video",
                 sources=["upload"],
