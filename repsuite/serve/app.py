@@ -196,11 +196,3 @@ def build_app(
                 _face_tab(faces, face_video)
     # one model call at a time per event: the networks are not re-entrant and the CPU is shared anyway
     return app.queue(max_size=max_queue, default_concurrency_limit=1)
-
-
-def upload_root() -> Path:
-    """Where Gradio keeps uploads (``GRADIO_TEMP_DIR``, which the CLI points into its work folder)."""
-    import os
-    import tempfile
-
-    return Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio")

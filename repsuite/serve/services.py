@@ -122,18 +122,15 @@ def cut_video(src: Path, start: float, end: float, out: Path, max_seconds: float
 
 
 def _video_seconds(path: Path, what: str) -> float:
-    import av
+    """The video's length (the extraction pipeline's probe); an unreadable file is answered for the page."""
+    from repsuite.nlq.extract.video import VideoError, probe_video
 
     try:
-        with av.open(str(path)) as c:
-            if not c.streams.video:
-                raise ServeError(f"{what}: the file has no video stream")
-            if c.duration:
-                return c.duration / 1e6
-            v = c.streams.video[0]
-            return float(v.duration * v.time_base) if v.duration and v.time_base else 0.0
-    except av.FFmpegError:
-        raise ServeError(f"{what}: not a video this page can read (MP4, WebM, MOV, AVI or MKV)") from None
+        return probe_video(path).duration
+    except VideoError as err:
+        raise ServeError(
+            f"{what}: not a video this page can read (MP4, WebM, MOV, AVI or MKV): {err}"
+        ) from None
 
 
 @dataclass
