@@ -170,13 +170,23 @@ def _em_clips(annotations: Path, split: str) -> dict[str, list[dict]]:
             f"{annotations}: none of {names} exists (the episodic-memory annotations of '{split}')"
         )
     for path in found:
-        data = json.loads(path.read_text())
-        for v in data.get("videos", []):
-            for c in v.get("clips", []):
-                key = (v["video_uid"], c["clip_uid"])
-                span = (float(c["video_start_sec"]), float(c["video_end_sec"]))
-                clips.setdefault(key, {"clip_uid": c["clip_uid"], "video_start_sec": span[0],
-                                       "video_end_sec": span[1]})  # fmt: skip
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as err:
+            raise NaQError(f"{path}: cannot be read as JSON ({err})") from err
+        for i, v in enumerate(data.get("videos", []) if isinstance(data, dict) else []):
+            for j, c in enumerate(v.get("clips", []) if isinstance(v, dict) else []):
+                where = f"{path}: videos[{i}].clips[{j}]"
+                try:
+                    key = (str(v["video_uid"]), str(c["clip_uid"]))
+                    span = (float(c["video_start_sec"]), float(c["video_end_sec"]))
+                except KeyError as err:
+                    raise NaQError(f"{where}: missing field {err.args[0]!r}") from None
+                except (TypeError, ValueError):
+                    raise NaQError(f"{where}: video_start_sec / video_end_sec must be numbers") from None
+                clips.setdefault(
+                    key, {"clip_uid": key[1], "video_start_sec": span[0], "video_end_sec": span[1]}
+                )
     per_video: dict[str, list[dict]] = {}
     for (video, _), clip in sorted(clips.items()):
         per_video.setdefault(video, []).append(clip)

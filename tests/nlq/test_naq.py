@@ -248,3 +248,18 @@ def test_init_from_copies_a_checkpoints_network_and_refuses_another_architecture
     other = NLQModule(**(hp | dims | {"hidden": hp.get("hidden", 256) // 2, "init_from": str(checkpoint)}))
     with pytest.raises(CheckpointError, match=r"init_from .*NLQModel"):
         other.setup("fit")
+
+
+def test_a_malformed_episodic_memory_file_names_the_file_and_the_field(tmp_path):
+    root = _download(tmp_path, {}, {"v": [("clip-a", 10.0, 20.0)]})
+    path = root / "v2/annotations/nlq_train.json"
+    data = json.loads(path.read_text())
+    del data["videos"][0]["clips"][0]["video_end_sec"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(
+        NaQError, match=r"nlq_train\.json: videos\[0\]\.clips\[0\]: missing field 'video_end_sec'"
+    ):
+        build_naq(root)
+    path.write_text("{broken")
+    with pytest.raises(NaQError, match=r"nlq_train\.json: cannot be read as JSON"):
+        build_naq(root)
