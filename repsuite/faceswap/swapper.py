@@ -328,12 +328,16 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
         pixels, name = read_image(image)
         return self._detect(pixels, name)
 
-    def find_faces(self, pixels: Tensor) -> Faces:
-        """The detector's faces of one uint8 image (3, H, W), left to right (possibly none)."""
+    def require_detector(self) -> None:
+        """Refuse work that needs a face detector when this swapper has none."""
         if self.detector is None:
             raise SwapError(
                 "no face detector: pass detector=PATH (a RetinaFace checkpoint) or a FaceDetector"
             )
+
+    def find_faces(self, pixels: Tensor) -> Faces:
+        """The detector's faces of one uint8 image (3, H, W), left to right (possibly none)."""
+        self.require_detector()
         faces = self.detector(pixels[None].to(self.device))[0]
         return faces.select(faces.boxes[:, 0].argsort())
 

@@ -191,8 +191,7 @@ def swap_video(
 
     opts = VideoOptions(faces, max(1, detect_every), smoothing, label, batch_size, colour_match, progress)
     target, output = Path(target), Path(output)
-    if swapper.detector is None:  # else every frame would fail, one by one
-        raise SwapError("no face detector: pass detector=PATH (a RetinaFace checkpoint) or a FaceDetector")
+    swapper.require_detector()  # up front: else every frame would fail, one by one
     if output.suffix.lower() not in (".mp4", ".mov", ".mkv"):
         raise SwapError(f"{output}: write .mp4, .mov or .mkv")
     ident = swapper.identity(source)
