@@ -423,12 +423,12 @@ def _probe(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from repsuite.faceswap.arcface import load_arcface
-    from repsuite.faceswap.data import JudgeFaceDataset
+    from repsuite.faceswap.data import JudgeFaceDataset, read_judge_params
     from repsuite.faceswap.judging import linear_probe_r2
     from repsuite.faceswap.metrics import ArcFaceEmbedder
 
-    data = JudgeFaceDataset(args.faces, 64)
-    data.names = data.names[: args.limit]
+    meta = read_judge_params(args.faces)
+    data = JudgeFaceDataset(args.faces, 64, sorted(meta["images"])[: args.limit], meta)
     batch = next(iter(torch.utils.data.DataLoader(data, batch_size=len(data))))
     results = {}
     for path in args.encoders:
