@@ -241,9 +241,8 @@ class Ego4DNLQDataModule(LightningDataModule):
             ]
             splits = merge_annotations(parts[: len(files)])
             ann = merge_annotations([splits, *parts[len(files) :]], shared_clips=True)
-            source_of = {id(q): 0 for q in splits.queries}
-            for i, part in enumerate(parts[len(files) :], start=1):
-                source_of |= {id(q): i for q in part.queries}
+            # which source each training query came from (0: the splits, i: train_files[i - 1])
+            source_of = {id(q): i for i, p in enumerate([splits, *parts[len(files) :]]) for q in p.queries}
             rank_zero_info(f"[Ego4DNLQDataModule] {ann.summary()}")
             text_dir = self.base / self.text_features if self.text_features else None
             transform = self.train_transform() if train else None
