@@ -73,13 +73,18 @@ def _extract_text(ns: argparse.Namespace) -> int:
         tower = ClipTextTower(ns.model, ns.checkpoint, random_init=ns.random_init)
         device = ns.device or ("cuda" if torch.cuda.is_available() else "cpu")
         counts = cache_text_features(
-            queries, ns.output, tower.to(device), batch_size=ns.batch_size, overwrite=ns.overwrite
+            queries,
+            ns.output,
+            tower.to(device),
+            batch_size=ns.batch_size,
+            overwrite=ns.overwrite,
+            shard_size=ns.shard_size,
         )
     except ValueError as err:  # annotation, checkpoint or cache-manifest problems, each naming its file
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(
-        f"{ns.output}: {counts['written']} query feature files written, {counts['cached']} already there "
+        f"{ns.output}: features of {counts['written']} queries written, {counts['cached']} already there "
         f"({len(queries)} queries, model {tower.model_name}, dim {tower.width})"
     )
     return 0
@@ -278,6 +283,14 @@ def _add_extract_text(sub: Any) -> None:
     ex.add_argument("--batch-size", type=int, default=256)
     ex.add_argument("--device", help="default: cuda when available, else cpu")
     ex.add_argument("--overwrite", action="store_true", help="recompute every file")
+    ex.add_argument(
+        "--shard-size",
+        type=int,
+        default=0,
+        metavar="N",
+        help="pack about N queries per shard file (OUT/shards/; for NaQ's millions of queries) instead of "
+        "one file per query; resumable, the shard count is fixed by the first build",
+    )
     ex.set_defaults(func=_extract_text)
 
 

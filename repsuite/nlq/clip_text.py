@@ -19,8 +19,10 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -30,6 +32,7 @@ from torch import Tensor, nn
 from repsuite.checkpoints import check_keys, file_sha256, read_state_dict
 from repsuite.nlq.annotations import NLQQuery, normalize_question
 from repsuite.nlq.features import FeatureError
+from repsuite.nlq.text_store import FILES, SHARDS, TextFeatureStore, query_key
 
 __all__ = [
     "ClipTextTower",
@@ -44,6 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
+SHARD_PATTERN = "shards/<NNNNN>.pt: {<annotation_uid>_<query_idx>: (L, D)}, shard = crc32(key) % num_shards"
 STATES = "open_clip text transformer, last block after ln_final, no text projection, rows SOT..EOT"
 
 
@@ -204,34 +208,41 @@ def cache_matches(out_dir: str | Path, model: str, checkpoint: str | None) -> bo
     return old.get("model") == resolve_clip_model(model) and old.get("checkpoint_sha256") == sha
 
 
-def _atomic_save(tensor: Tensor, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(tensor, tmp)
-    os.replace(tmp, path)  # never a half-written file under the final name
-
-
 def cache_text_features(
     queries: Iterable[NLQQuery],
     out_dir: str | Path,
     tower: ClipTextTower,
     batch_size: int = 256,
     overwrite: bool = False,
+    shard_size: int = 0,
 ) -> dict[str, int]:
-    """Write ``<annotation_uid>_<query_idx>.pt`` token states for every query that has no file yet.
+    """Write the token states of every query not yet in ``out_dir`` (resumable).
 
     The folder's ``manifest.json`` ties it to the model and checkpoint hash; a folder made by other weights
     is refused (a stale cache would silently mix features) unless ``overwrite`` recomputes it all.
     Queries without text get the states of the normalised empty question ("?"), as the token pipeline does.
+
+    Args:
+        queries: the queries (duplicates of a ``<annotation_uid>_<query_idx>`` are computed once).
+        out_dir: the cache folder.
+        tower: the frozen text tower.
+        batch_size: questions per forward pass.
+        overwrite: recompute everything, whatever the folder holds.
+        shard_size: 0 writes one ``<annotation_uid>_<query_idx>.pt`` per query (the author's format); N > 0
+            packs about N queries per shard file (:mod:`repsuite.nlq.text_store`; for NaQ's millions of
+            queries). A folder keeps the layout and shard count of its first build; each finished file
+            (query or shard) is final, so a killed build resumes where it stopped.
 
     Returns:
         ``{"written": n, "cached": m}``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    texts = {query_key(q.annotation_uid, q.query_idx): q.query or "" for q in queries}
     manifest = TextCacheManifest.for_tower(tower)
     mpath = out / MANIFEST
-    if mpath.exists() and not overwrite:
-        old = json.loads(mpath.read_text())
+    old = json.loads(mpath.read_text()) if mpath.exists() and not overwrite else None
+    if old is not None:
         keys = ("model", "checkpoint_sha256", "random_init", "dim", "states")
         diff = {k: (old.get(k), manifest[k]) for k in keys if old.get(k) != manifest[k]}
         if diff:
@@ -239,22 +250,38 @@ def cache_text_features(
                 f"{mpath}: this text-feature cache was made differently {diff} (cached, requested); use "
                 "another folder or recompute it with overwrite"
             )
-    mpath.write_text(json.dumps(manifest, indent=1))
-    todo: dict[Path, str] = {}
-    cached = 0
-    for q in queries:
-        path = out / f"{q.annotation_uid}_{q.query_idx}.pt"
-        if path in todo:
-            continue
-        if path.exists() and not overwrite:
-            cached += 1
-        else:
-            todo[path] = q.query or ""
-    items = list(todo.items())
-    for i in range(0, len(items), batch_size):
-        chunk = items[i : i + batch_size]
-        for (path, _), states in zip(chunk, tower([text for _, text in chunk]), strict=True):
-            _atomic_save(states, path)
-    if items:
-        log.info("%s: wrote %d query feature files (%d already cached)", out, len(items), cached)
-    return {"written": len(items), "cached": cached}
+    if overwrite:
+        shutil.rmtree(out / "shards", ignore_errors=True)
+        mpath.unlink(missing_ok=True)
+    layout = SHARDS if shard_size > 0 else FILES
+    if old is not None and old.get("layout", FILES) != layout:
+        raise FeatureError(
+            f"{mpath}: this cache holds its queries as {old.get('layout', FILES)!r}, not {layout!r} "
+            f"(shard_size={shard_size}); use another folder or recompute it with overwrite"
+        )
+    store = TextFeatureStore(out, layout, num_shards=max(1, math.ceil(len(texts) / max(shard_size, 1))))
+    manifest |= {"layout": store.layout}
+    if store.layout == SHARDS:
+        manifest |= {"num_shards": store.num_shards, "file_pattern": SHARD_PATTERN}
+    mpath.write_text(json.dumps(manifest, indent=1))  # first: a resumed build reads num_shards from it
+    if overwrite:  # everything, grouped by the file that holds it
+        todo: dict[int, list[str]] = {}
+        for key in texts:
+            todo.setdefault(store.shard_of(key) if store.layout == SHARDS else -1, []).append(key)
+    else:
+        todo = store.missing(list(texts))
+    written = sum(len(keys) for keys in todo.values())
+    for keys in todo.values():
+        states: dict[str, Tensor] = {}
+        for i in range(0, len(keys), batch_size):
+            chunk = keys[i : i + batch_size]
+            batch = dict(zip(chunk, tower([texts[k] for k in chunk]), strict=True))
+            if store.layout == FILES:
+                store.write(batch)  # each file is final as soon as it is written
+            else:
+                states |= batch
+        if states:
+            store.write(states)  # the whole shard at once
+    if written:
+        log.info("%s: wrote features of %d queries (%d already cached)", out, written, len(texts) - written)
+    return {"written": written, "cached": len(texts) - written}

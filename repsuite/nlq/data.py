@@ -33,9 +33,9 @@ from repsuite.nlq.features import (
     FeatureError,
     FeatureSource,
     concat_sources,
-    load_feature_file,
     pool_to_length,
 )
+from repsuite.nlq.text_store import TextFeatureStore, query_key
 
 __all__ = [
     "Ego4DNLQDataset",
@@ -121,7 +121,8 @@ class Ego4DNLQDataset(Dataset):
         sources: feature sources, concatenated after per-row L2 normalisation (thesis §2.4.1).
         text_mode: ``"tokens"`` (open_clip BPE ids) or ``"features"`` (``text_dir`` files, L2-normalised per
             token as in the author's release).
-        text_dir: folder of ``<annotation_uid>_<query_idx>.pt`` token features (``text_mode="features"``).
+        text_dir: folder of token features (``text_mode="features"``): ``<annotation_uid>_<query_idx>.pt``
+            files, or shards of them (:mod:`repsuite.nlq.text_store`; the folder's manifest says which).
         max_video_len: clips longer than this are mean-pooled to this many bins.
         temporal_position: append the 2-d feature (i/N, (i+1)/N) of each bin (the author's release).
         transform: optional train-time transform ``(rows, start_row, end_row, dataset) -> (rows, s, e)``
@@ -149,6 +150,7 @@ class Ego4DNLQDataset(Dataset):
         self.sources = list(sources)
         self.text_mode = text_mode
         self.text_dir = Path(text_dir) if text_dir is not None else None
+        self.text_store = TextFeatureStore(self.text_dir) if self.text_dir is not None else None
         self.max_video_len = max_video_len
         self.temporal_position = temporal_position
         self.transform = transform
@@ -212,15 +214,15 @@ class Ego4DNLQDataset(Dataset):
                 problems[clip_uid] = str(err)
         text_missing: list[NLQQuery] = []
         if self.text_mode == "features":
-            text_missing = [q for q in self.queries if not self.text_path(q).exists()]
+            has = self.text_store.has
+            text_missing = [q for q in self.queries if not has(query_key(q.annotation_uid, q.query_idx))]
         bad = [q for q in self.queries if q.clip_uid in problems]
         if not problems and not text_missing:
             return {}
         if not skip_missing:
-            lines = [
-                *list(problems.values())[:5],
-                *[f"{self.text_path(q)}: text feature file not found" for q in text_missing[:5]],
-            ]
+            store = self.text_store
+            missing = [store.not_found(query_key(q.annotation_uid, q.query_idx)) for q in text_missing[:5]]
+            lines = [*list(problems.values())[:5], *missing]
             raise FeatureError(
                 f"{self.annotations.path}: {len(problems)} clip(s) with feature problems ({len(bad)} "
                 f"queries) and {len(text_missing)} missing text feature file(s); first ones:\n  "
@@ -253,13 +255,18 @@ class Ego4DNLQDataset(Dataset):
         return self.clip_rows(clip_uids[int(torch.randint(len(clip_uids), ()))])
 
     def text_path(self, query: NLQQuery) -> Path:
-        """``<text_dir>/<annotation_uid>_<query_idx>.pt``, the author's release format."""
-        return self.text_dir / f"{query.annotation_uid}_{query.query_idx}.pt"
+        """The file holding a query's text features.
+
+        ``<text_dir>/<annotation_uid>_<query_idx>.pt`` (the author's release format), or its shard
+        (:mod:`repsuite.nlq.text_store`).
+        """
+        return self.text_store.path(query_key(query.annotation_uid, query.query_idx))
 
     def text(self, query: NLQQuery) -> Tensor:
         """Token ids (L,) or token features (L, Dt) of a query."""
         if self.text_mode == "features":
-            return text_feature_input(load_feature_file(self.text_path(query), "text feature"))  # (L, Dt)
+            key = query_key(query.annotation_uid, query.query_idx)
+            return text_feature_input(self.text_store.get(key))  # (L, Dt)
         return question_tokens(query.query or "")
 
     def __getitem__(self, index: int) -> NLQSample:

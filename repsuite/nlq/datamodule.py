@@ -29,7 +29,8 @@ from repsuite.nlq.clip_text import (
     default_cache_name,
 )
 from repsuite.nlq.data import Ego4DNLQDataset, collate_nlq
-from repsuite.nlq.features import FeatureError, FeatureSource, load_feature_file
+from repsuite.nlq.features import FeatureError, FeatureSource
+from repsuite.nlq.text_store import TextFeatureStore, query_key
 from repsuite.nlq.transforms import Compose, SlidingWindow, VideoSplicing
 
 __all__ = ["SPLIT_FILES", "Ego4DNLQDataModule", "read_manifest"]
@@ -67,6 +68,9 @@ class Ego4DNLQDataModule(LightningDataModule):
         clip_checkpoint: local weights file of that model (needed with ``text="clip"``; nothing is
             downloaded).
         clip_random_init: accept a randomly initialised tower (plumbing tests only; features are meaningless).
+        clip_cache_shard_size: 0 caches one ``<annotation_uid>_<query_idx>.pt`` per query (the author's
+            format); N > 0 packs about N queries per shard file (:mod:`repsuite.nlq.text_store`), for NaQ's
+            millions of queries. The build is resumable either way (finished files are kept).
         max_video_len: longer clips are mean-pooled to this many bins (600 in the thesis).
         temporal_position: append the 2-d temporal position feature of the author's release.
         drop_zero_length_train: drop training queries with windows of at most 1/30 s (counted, logged).
@@ -103,6 +107,7 @@ class Ego4DNLQDataModule(LightningDataModule):
         clip_model: str = "ViT-B-16",
         clip_checkpoint: str | None = None,
         clip_random_init: bool = False,
+        clip_cache_shard_size: int = 0,
         max_video_len: int = 600,
         temporal_position: bool = False,
         drop_zero_length_train: bool = False,
@@ -175,10 +180,10 @@ class Ego4DNLQDataModule(LightningDataModule):
         if self.hparams.text == "clip":
             return clip_text_width(self.hparams.clip_model)
         folder = self.base / self.text_features
-        first = next(iter(sorted(folder.glob("*.pt"))), None)
+        first = TextFeatureStore(folder).first()
         if first is None:
-            raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files")
-        return int(load_feature_file(first, "text feature").shape[1])
+            raise FeatureError(f"{folder}: no <annotation_uid>_<query_idx>.pt text feature files (or shards)")
+        return int(first.shape[1])
 
     def provenance(self) -> dict[str, Any]:
         """How this data's inputs were made, as far as the folders record it (kept in checkpoints).
@@ -285,11 +290,12 @@ class Ego4DNLQDataModule(LightningDataModule):
         files = [self.base / "annotations" / f for f in SPLIT_FILES.values()] + self.train_file_paths
         queries = [q for f in files if f.exists() for q in load_nlq_annotations(f).queries]
         out = self.base / self.text_features
-        complete = all((out / f"{q.annotation_uid}_{q.query_idx}.pt").exists() for q in queries)
-        if complete and cache_matches(out, h.clip_model, h.clip_checkpoint):
-            return  # made by these weights: no need to build the tower
+        if cache_matches(out, h.clip_model, h.clip_checkpoint):
+            store = TextFeatureStore(out)
+            if all(store.has(query_key(q.annotation_uid, q.query_idx)) for q in queries):
+                return  # made by these weights: no need to build the tower
         tower = ClipTextTower(h.clip_model, h.clip_checkpoint, random_init=h.clip_random_init)
-        counts = cache_text_features(queries, out, tower)
+        counts = cache_text_features(queries, out, tower, shard_size=h.clip_cache_shard_size)
         rank_zero_info(f"[Ego4DNLQDataModule] CLIP text cache {out}: {counts}")
 
     def setup(self, stage: str) -> None:

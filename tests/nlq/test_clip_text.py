@@ -210,3 +210,87 @@ def test_datamodule_refuses_a_complete_cache_made_by_other_weights(tmp_path):
     Ego4DNLQDataModule(str(root), clip_checkpoint=str(a), **kw).prepare_data()  # complete: nothing to do
     with pytest.raises(FeatureError, match="made differently"):
         Ego4DNLQDataModule(str(root), clip_checkpoint=str(b), **kw).prepare_data()
+
+
+def test_sharded_cache_equals_files_resumes_and_keeps_its_shard_count(tmp_path):
+    from repsuite.nlq.text_store import TextFeatureStore, query_key
+
+    config = _config(tmp_path)
+    ckpt, _ = _checkpoint(tmp_path, config)
+    tower = ClipTextTower(str(config), str(ckpt))
+    queries = [
+        q
+        for f in ("nlq_train.json", "nlq_val.json")
+        for q in load_nlq_annotations(DATA / "v2/annotations" / f).queries
+    ]
+    keys = [query_key(q.annotation_uid, q.query_idx) for q in queries]
+    files, shards = tmp_path / "files", tmp_path / "shards"
+    assert cache_text_features(queries, files, tower)["written"] == len(set(keys))
+    # a build killed after the first half of the queries: its finished shards are kept
+    half = len(queries) // 2
+    first = cache_text_features(queries[:half], shards, tower, batch_size=2, shard_size=4)
+    n_shards = json.loads((shards / "manifest.json").read_text())["num_shards"]
+    assert n_shards == -(-len({*keys[:half]}) // 4) and first["written"] == len({*keys[:half]})
+    again = cache_text_features(queries, shards, tower, batch_size=2, shard_size=4)
+    assert again == {"written": len(set(keys)) - len({*keys[:half]}), "cached": len({*keys[:half]})}
+    # the shard count is the first build's: queries added later land in the shards they hash to
+    assert json.loads((shards / "manifest.json").read_text())["num_shards"] == n_shards
+    assert len(list((shards / "shards").glob("*.pt"))) <= n_shards and not list(shards.rglob(".*.tmp"))
+    a, b = TextFeatureStore(files), TextFeatureStore(shards)
+    assert (a.layout, b.layout) == ("files", "shards")
+    for key in keys:
+        torch.testing.assert_close(b.get(key), a.get(key))
+        assert b.path(key).parent.name == "shards"
+    with pytest.raises(FeatureError, match=r"shards/\d{5}\.pt: text features of query 'nope_0' not found"):
+        b.get("nope_0")
+    with pytest.raises(FeatureError, match=r"files/manifest\.json: this cache holds its queries as 'files'"):
+        cache_text_features(queries, files, tower, shard_size=4)
+    from repsuite.cli import main  # the same from the command line
+
+    ann, cli_out = str(DATA / "v2/annotations/nlq_val.json"), tmp_path / "cli"
+    args = ["nlq", "extract-text", ann, "-o", str(cli_out), "--model", str(config), "--checkpoint", str(ckpt)]
+    assert main([*args, "--shard-size", "8"]) == 0
+    assert TextFeatureStore(cli_out).layout == "shards" and not list(cli_out.glob("*_*.pt"))
+    (shards / "manifest.json").write_text(json.dumps({"layout": "shards", "num_shards": "many"}))
+    with pytest.raises(FeatureError, match=r"manifest\.json: field 'layout' / 'num_shards'.*positive int"):
+        TextFeatureStore(shards)
+
+
+def test_datamodule_trains_on_a_naq_file_from_a_sharded_clip_cache(tmp_path):
+    from repsuite.nlq.naq import build_naq
+    from repsuite.nlq.text_store import TextFeatureStore, query_key
+
+    config = _config(tmp_path)
+    ckpt, _ = _checkpoint(tmp_path, config)
+    root = tmp_path / "ego4d"
+    shutil.copytree(DATA, root)
+    naq, counts = build_naq(root, "v2", "train")
+    assert counts["kept"] > 0
+    (root / "v2/annotations/naq_train.json").write_text(json.dumps(naq))
+    dm = Ego4DNLQDataModule(
+        str(root),
+        features=FEATS,
+        text="clip",
+        clip_model=str(config),
+        clip_checkpoint=str(ckpt),
+        clip_cache_shard_size=16,
+        train_files=["naq_train.json"],
+        batch_size=4,
+    )
+    dm.prepare_data()
+    cache = root / "v2/clip_text_tiny_clip"
+    assert not list(cache.glob("*_*.pt")) and list((cache / "shards").glob("*.pt"))
+    store = TextFeatureStore(cache)
+    naq_queries = load_nlq_annotations(root / "v2/annotations/naq_train.json").queries
+    assert all(store.has(query_key(q.annotation_uid, q.query_idx)) for q in naq_queries)
+    assert dm.text_dim == 24
+    dm.setup("fit")
+    ds = dm.dataset("train")
+    nlq = load_nlq_annotations(root / "v2/annotations/nlq_train.json").queries
+    assert len(ds) == counts["kept"] + len(nlq)
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["text"].shape[0] == 4 and batch["text"].shape[2] == 24
+    # a second prepare_data finds everything cached and does not build the tower
+    mtime = {p: p.stat().st_mtime_ns for p in (cache / "shards").glob("*.pt")}
+    dm.prepare_data()
+    assert {p: p.stat().st_mtime_ns for p in (cache / "shards").glob("*.pt")} == mtime
