@@ -79,6 +79,11 @@ class TextFeatureStore:
             raise ValueError(f"TextFeatureStore({self.folder}): a sharded folder needs num_shards >= 1")
         self._open: dict[int, dict[str, Tensor]] = {}
 
+    def __getstate__(self) -> dict:
+        # DataLoader workers started by spawn get the store pickled: reopen the shards there instead of
+        # copying every memory-mapped tensor into the pickle
+        return self.__dict__ | {"_open": {}}
+
     # ---- where a query lives
     def shard_of(self, key: str) -> int:
         """The shard a key hashes to (stable across runs and machines)."""
