@@ -1,6 +1,6 @@
 """Narrations as queries (NaQ) on synthetic data: does pre-training on narrations help when NLQ is scarce?
 
-    python benchmarks/nlq_naq.py                      # 3 seeds (~25 min on 2 CPU cores)
+    python benchmarks/nlq_naq.py                      # 3 seeds (~30 min on one CPU core)
     python benchmarks/nlq_naq.py --seeds 0 --quick    # plumbing check
 
 A synthetic Ego4D download in the official layout (``repsuite.nlq.synthetic``) with few NLQ training queries
@@ -77,13 +77,18 @@ def score_val(cli, data: Path, seed: int) -> tuple[dict, dict]:
     return scores(evaluate_nlq(sub, gt)), scores(chance)
 
 
-def run_seed(data: Path, naq: Path, work: Path, seed: int, steps: int, pretrain: int) -> dict:
+def run_seed(
+    data: Path, naq: Path, work: Path, seed: int, steps: int, pretrain: int, weights: list[float] | None
+) -> dict:
     """Both arms for one seed: ``{"nlq_only": scores, "naq": scores, "chance": scores, "seconds": ...}``."""
     t0 = time.perf_counter()
     a = fit(data, work / f"seed{seed}/nlq_only", seed, steps, [])
     only, chance = score_val(a, data, seed)
     t1 = time.perf_counter()
-    p = fit(data, work / f"seed{seed}/naq_pretrain", seed, pretrain, [f"--data.train_files=[{naq}]"])
+    sources = [f"--data.train_files=[{naq}]"]
+    if weights:
+        sources.append(f"--data.train_weights=[{weights[0]}, {weights[1]}]")
+    p = fit(data, work / f"seed{seed}/naq_pretrain", seed, pretrain, sources)
     ckpt = Path(p.trainer.checkpoint_callback.last_model_path)
     f = fit(data, work / f"seed{seed}/naq_finetune", seed, steps - pretrain, [f"--model.init_from={ckpt}"])
     both, _ = score_val(f, data, seed)
@@ -96,7 +101,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=400, help="optimizer steps of each arm")
     ap.add_argument("--pretrain-fraction", type=float, default=0.5, help="of the steps, pre-training on NaQ")
-    ap.add_argument("--signal", type=float, default=0.6, help="synthetic event strength (demo data: 2.5)")
+    ap.add_argument("--naq-weights", type=float, nargs=2, metavar=("NLQ", "NAQ"),
+                    help="pre-training draws each source so (default: the plain union)")  # fmt: skip
+    ap.add_argument("--signal", type=float, default=0.4, help="synthetic event strength (demo data: 2.5)")
     ap.add_argument("--events-per-clip", type=int, default=8, help="events per clip (3 of them are asked)")
     ap.add_argument("--quick", action="store_true", help="tiny download and few steps (plumbing check)")
     ap.add_argument("--work", default="outputs/nlq_naq")
@@ -130,7 +137,7 @@ def main() -> None:
 
     runs = []
     for seed in args.seeds:
-        runs.append(run_seed(data, naq_file, work, seed, steps, pretrain))
+        runs.append(run_seed(data, naq_file, work, seed, steps, pretrain, args.naq_weights))
         r = runs[-1]
         print(f"seed {seed}: R@1 IoU0.3 NLQ only {r['nlq_only']['R@1 IoU0.3']:.2f}, NaQ pre-train + NLQ "
               f"fine-tune {r['naq']['R@1 IoU0.3']:.2f}", flush=True)  # fmt: skip
@@ -156,8 +163,9 @@ def main() -> None:
         + ")"
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": steps, "pretrain_steps": pretrain, "seeds": args.seeds, "signal": args.signal,
-            "videos": videos, "nlq_train_queries": nlq_queries, "naq": dict(counts)}  # fmt: skip
+    meta = {"steps": steps, "pretrain_steps": pretrain, "naq_weights": args.naq_weights, "seeds": args.seeds,
+            "signal": args.signal, "videos": videos, "nlq_train_queries": nlq_queries,
+            "naq": dict(counts)}  # fmt: skip
     out_path.write_text(json.dumps(meta | {"mean": table, "runs": runs}, indent=2))
     print(f"wrote {out_path}")
 

@@ -76,6 +76,8 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
     (base / "annotations").mkdir(parents=True, exist_ok=True)
     signatures = {name: _unit(g, len(OBJECTS), dim) for name, dim in spec.sources.items()}
     word_vectors = _unit(g, len(OBJECTS) + 16, spec.text_dim)  # objects, then filler words
+    g_actions = torch.Generator().manual_seed(spec.seed + 7741)  # its own stream: the rest stays the same
+    action_signatures = {name: _unit(g_actions, len(_FILLERS), dim) for name, dim in spec.sources.items()}
     for name in spec.sources:
         (base / name).mkdir(exist_ok=True)
     if spec.text_source:
@@ -121,11 +123,20 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
                         events,
                     )
                 )
+            if spec.narrations:
+                narrations[video_uid], actions = _narrate(
+                    random.Random(f"{spec.seed}-{video_uid}"), total_sec, events
+                )
+                # what the narrators saw between the events is in the video too (as in real narrations,
+                # every one describes something visible): ~1 s of the action's own signature
+                for t, k in actions:
+                    r0 = max(0, round((t - 0.5) * ROWS_PER_SEC))
+                    r1 = min(n_rows, round((t + 0.5) * ROWS_PER_SEC) + 1)
+                    for name, tensor in feats.items():
+                        tensor[r0:r1] += spec.signal * action_signatures[name][k]
             for name, tensor in feats.items():
                 torch.save(tensor.contiguous(), base / name / f"{video_uid}.pt")
             videos.append({"video_uid": video_uid, "split": split, "clips": clips})
-            if spec.narrations:
-                narrations[video_uid] = _narrate(random.Random(f"{spec.seed}-{video_uid}"), total_sec, events)
         data = _file_header(split, version) | {"videos": videos}
         (base / "annotations" / split_names[split]).write_text(json.dumps(data, indent=1))
     if spec.narrations:
@@ -138,18 +149,30 @@ _FILLERS = ("#C C looks around", "#C C walks in the room", "#C C adjusts the cam
 _ACTIONS = ("#C C picks up the {}", "#C C holds the {}", "#C C puts down the {}", "#C C looks at the {}")
 
 
-def _narrate(rng: random.Random, seconds: float, events: list[tuple[float, float, str]]) -> dict:
-    """Two narration passes in Ego4D's layout: the events in the questions' words, fillers every few seconds.
+def _narrate(
+    rng: random.Random, seconds: float, events: list[tuple[float, float, str]]
+) -> tuple[dict, list[tuple[float, int]]]:
+    """Two narration passes in Ego4D's layout, and the background actions they narrate.
 
-    About 4% of narrations are marked ``#unsure``; every third video has no second pass, as some real ones.
+    Between the events (narrated in the questions' words) the camera wearer does other things every few
+    seconds (``_FILLERS``); each pass narrates most of them, with its own timing jitter. About 4% of
+    narrations are marked ``#unsure``; every third video has no second pass, as some real ones.
+
+    Returns:
+        the video's ``narration.json`` entry and the actions (video second, ``_FILLERS`` index).
     """
+    actions = []
+    t = rng.uniform(0.5, 3.0)
+    while t < seconds:
+        actions.append((t, rng.randrange(len(_FILLERS))))
+        t += rng.uniform(2.0, 6.0)
 
-    def one_pass(jitter: float, filler_gap: tuple[float, float]) -> list[dict]:
-        items = []
-        t = rng.uniform(0.5, 3.0)
-        while t < seconds:
-            items.append((t, rng.choice(_FILLERS)))
-            t += rng.uniform(*filler_gap)
+    def one_pass(jitter: float, coverage: float) -> list[dict]:
+        items = [
+            (min(max(t + rng.uniform(-jitter, jitter), 0.0), seconds), _FILLERS[k])
+            for t, k in actions
+            if rng.random() < coverage
+        ]
         for start, end, obj in events:
             for _ in range(rng.choice((1, 2))):
                 t = min(max(rng.uniform(start, end) + rng.uniform(-jitter, jitter), 0.0), seconds)
@@ -165,17 +188,17 @@ def _narrate(rng: random.Random, seconds: float, events: list[tuple[float, float
 
     out = {
         "narration_pass_1": {
-            "narrations": one_pass(0.3, (2.0, 6.0)),
+            "narrations": one_pass(0.3, 0.9),
             "summaries": summary("#Summary C tidies up"),
         }
     }
     if rng.random() < 2 / 3:
         out["narration_pass_2"] = {
-            "narrations": one_pass(0.6, (3.0, 8.0)),
+            "narrations": one_pass(0.6, 0.7),
             "summaries": summary("#Summary C works"),
         }
     out["status"] = "complete"
-    return out
+    return out, actions
 
 
 def _file_header(split: str, version: str) -> dict:
