@@ -105,6 +105,8 @@ def main() -> None:
                     help="pre-training draws each source so (default: the plain union)")  # fmt: skip
     ap.add_argument("--signal", type=float, default=0.4, help="synthetic event strength (demo data: 2.5)")
     ap.add_argument("--events-per-clip", type=int, default=8, help="events per clip (3 of them are asked)")
+    ap.add_argument("--objects", type=int, default=120, help="object vocabulary (the demo data: 24)")
+    ap.add_argument("--zipf", type=float, default=1.0, help="long tail of the objects (0: uniform)")
     ap.add_argument("--quick", action="store_true", help="tiny download and few steps (plumbing check)")
     ap.add_argument("--work", default="outputs/nlq_naq")
     ap.add_argument("--out", default="benchmarks/results/nlq_naq.json")
@@ -120,7 +122,12 @@ def main() -> None:
     steps = 8 if args.quick else args.steps
     pretrain = max(1, round(steps * args.pretrain_fraction))
     spec = SyntheticSpec(
-        num_videos=videos, signal=args.signal, text_source=None, events_per_clip=args.events_per_clip
+        num_videos=videos,
+        signal=args.signal,
+        text_source=None,
+        events_per_clip=args.events_per_clip,
+        num_objects=args.objects,
+        object_zipf=args.zipf,
     )
     write_synthetic_ego4d(data, spec)
     naq_file = data / "v2/annotations/naq_train.json"
@@ -164,8 +171,8 @@ def main() -> None:
     )
     out_path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"steps": steps, "pretrain_steps": pretrain, "naq_weights": args.naq_weights, "seeds": args.seeds,
-            "signal": args.signal, "videos": videos, "nlq_train_queries": nlq_queries,
-            "naq": dict(counts)}  # fmt: skip
+            "signal": args.signal, "objects": args.objects, "zipf": args.zipf, "videos": videos,
+            "nlq_train_queries": nlq_queries, "naq": dict(counts)}  # fmt: skip
     out_path.write_text(json.dumps(meta | {"mean": table, "runs": runs}, indent=2))
     print(f"wrote {out_path}")
 

@@ -52,6 +52,8 @@ def _synth(ns: argparse.Namespace) -> int:
         clips_per_video=ns.clips_per_video,
         clip_seconds=(ns.min_clip_seconds, ns.max_clip_seconds),
         seed=ns.seed,
+        num_objects=ns.objects,
+        object_zipf=ns.object_zipf,
         **({} if ns.signal is None else {"signal": ns.signal}),  # the default lives in SyntheticSpec
     )
     base = write_synthetic_ego4d(ns.root, spec, version=ns.version)
@@ -222,6 +224,8 @@ def _add_synth(sub: Any) -> None:
         sy.add_argument(f"--{name}", type=kind, default=default)
     signal = "strength of an object event against unit noise (default: SyntheticSpec's); lower is harder"
     sy.add_argument("--signal", type=float, help=signal)
+    sy.add_argument("--objects", type=int, default=24, help="object vocabulary size (24 to 120)")
+    sy.add_argument("--object-zipf", type=float, default=0.0, help="> 0: long-tailed object frequencies")
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)
 

@@ -32,6 +32,16 @@ OBJECTS = (
     "laptop", "remote", "pen", "hammer", "bowl", "glasses", "shoe", "bag", "sponge", "lid", "pan", "tape",
     "brush",
 )  # fmt: skip
+#: further object words for a larger, long-tailed vocabulary (``SyntheticSpec.num_objects`` > 24)
+MORE_OBJECTS = tuple(
+    "fork mug jar box basket bucket ladder drill screwdriver wrench saw nail screw glue paint roller rag "
+    "broom mop vacuum hose rake shovel glove hat jacket sock belt watch ring necklace comb mirror soap "
+    "toothbrush razor candle lamp pillow blanket curtain chair stool table shelf padlock cabinet fridge "
+    "oven kettle toaster blender whisk ladle grater peeler spatula colander tray napkin straw can carton "
+    "cereal bread cheese egg apple banana onion carrot potato tomato lemon pepper salt sugar flour rice "
+    "pasta sauce oil charger cable battery headphones flashlight tablet mouse keyboard notebook folder "
+    "envelope stapler ruler calculator".split()
+)
 TEMPLATES = (
     ("Objects: Where is object X before / after event Y?", "where did i put the {}?"),
     ("Objects: Where is object X?", "where is the {}?"),
@@ -53,6 +63,9 @@ class SyntheticSpec:
     text_source: str | None = "clip_text_vitb16"
     text_dim: int = 32
     narrations: bool = True  # also write annotations/narration.json (dense narrations of the events)
+    num_objects: int = 24  # object vocabulary: OBJECTS, then MORE_OBJECTS (at most 24 + 96)
+    object_zipf: float = 0.0  # > 0: object i of the vocabulary occurs with weight 1 / (i + 1)^zipf (a long
+    # tail, as real NLQ's, where few questions name most objects); 0: uniform
     noise: float = 1.0
     signal: float = 2.5
     seed: int = 0
@@ -60,6 +73,17 @@ class SyntheticSpec:
     def __post_init__(self) -> None:
         self.num_videos = self.num_videos or {"train": 24, "val": 6, "test": 4}
         self.sources = self.sources or {"slowfast8x8_r101_k400": 64, "clip_vitb16": 32}
+        most = len(OBJECTS) + len(MORE_OBJECTS)
+        if not self.events_per_clip <= self.num_objects <= most:
+            raise ValueError(
+                f"SyntheticSpec: num_objects={self.num_objects}: expected events_per_clip "
+                f"({self.events_per_clip}) to {most}"
+            )
+
+    @property
+    def vocabulary(self) -> tuple[str, ...]:
+        """The object words events and questions are drawn from."""
+        return (OBJECTS + MORE_OBJECTS)[: self.num_objects]
 
 
 def _unit(g: torch.Generator, n: int, d: int) -> torch.Tensor:
@@ -78,6 +102,13 @@ def write_synthetic_ego4d(root: str | Path, spec: SyntheticSpec | None = None, v
     word_vectors = _unit(g, len(OBJECTS) + 16, spec.text_dim)  # objects, then filler words
     g_actions = torch.Generator().manual_seed(spec.seed + 7741)  # its own stream: the rest stays the same
     action_signatures = {name: _unit(g_actions, len(_FILLERS), dim) for name, dim in spec.sources.items()}
+    extra = spec.num_objects - len(OBJECTS)
+    if extra > 0:  # the further objects' signatures and words from their own stream too
+        g_more = torch.Generator().manual_seed(spec.seed + 7753)
+        for name, dim in spec.sources.items():
+            signatures[name] = torch.cat([signatures[name], _unit(g_more, extra, dim)])
+        more_words = _unit(g_more, extra, spec.text_dim)
+        word_vectors = torch.cat([word_vectors[: len(OBJECTS)], more_words, word_vectors[len(OBJECTS) :]])
     for name in spec.sources:
         (base / name).mkdir(exist_ok=True)
     if spec.text_source:
@@ -223,7 +254,16 @@ def _make_clip(
     clip_uid = f"{video_uid}-clip{ci}"
     row0, row1 = clip_row_range(start, end, n_rows)
     n = row1 - row0
-    objects = rng.sample(range(len(OBJECTS)), spec.events_per_clip)
+    vocab = spec.vocabulary
+    if spec.object_zipf > 0 or spec.num_objects != len(OBJECTS):
+        weights = [1.0 / (i + 1) ** spec.object_zipf for i in range(len(vocab))]
+        objects: list[int] = []
+        while len(objects) < spec.events_per_clip:  # distinct objects, drawn by weight
+            pick = rng.choices(range(len(vocab)), weights)[0]
+            if pick not in objects:
+                objects.append(pick)
+    else:
+        objects = rng.sample(range(len(OBJECTS)), spec.events_per_clip)
     events = []
     for obj in objects:
         length = max(1, round(rng.uniform(*spec.event_seconds) * ROWS_PER_SEC))
@@ -232,11 +272,11 @@ def _make_clip(
         for name, tensor in feats.items():
             tensor[row0 + j0 : row0 + j1 + 1] += spec.signal * signatures[name][obj]
         events.append((obj, j0, j1))
-        events_out.append((start + j0 / ROWS_PER_SEC, start + (j1 + 1) / ROWS_PER_SEC, OBJECTS[obj]))
+        events_out.append((start + j0 / ROWS_PER_SEC, start + (j1 + 1) / ROWS_PER_SEC, vocab[obj]))
     queries = []
     for obj, j0, j1 in rng.sample(events, min(spec.queries_per_clip, len(events))):
         template, pattern = rng.choice(TEMPLATES)
-        text = pattern.format(OBJECTS[obj])
+        text = pattern.format(vocab[obj])
         if split == "test":
             queries.append({"query": text})
             continue
@@ -251,16 +291,16 @@ def _make_clip(
                 "video_end_frame": int((start + (j1 + 1) / ROWS_PER_SEC) * 30),
                 "template": template,
                 "query": text,
-                "slot_x": OBJECTS[obj],
+                "slot_x": vocab[obj],
                 "verb_x": "[verb_not_applicable]",
-                "raw_tags": [template, text, OBJECTS[obj], "[verb_not_applicable]"],
+                "raw_tags": [template, text, vocab[obj], "[verb_not_applicable]"],
             }
         )
     annotation_uid = f"{clip_uid}-ann0"
     if spec.text_source:
         for qi, q in enumerate(queries):
             torch.save(
-                _token_features(q["query"], word_vectors, g),
+                _token_features(q["query"], word_vectors, g, vocab),
                 base / spec.text_source / f"{annotation_uid}_{qi}.pt",
             )
     ann = {"annotation_uid": annotation_uid, "language_queries": queries}
@@ -281,11 +321,13 @@ def _make_clip(
     }
 
 
-def _token_features(text: str, word_vectors: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+def _token_features(
+    text: str, word_vectors: torch.Tensor, g: torch.Generator, vocab: tuple[str, ...] = OBJECTS
+) -> torch.Tensor:
     """(L, D) token states: one vector per word (objects have their own), plus SOT/EOT-like rows."""
     rows = [word_vectors[-1]]
     for word in text.rstrip("?").split():
-        idx = OBJECTS.index(word) if word in OBJECTS else len(OBJECTS) + (sum(map(ord, word)) % 14)
+        idx = vocab.index(word) if word in vocab else len(vocab) + (sum(map(ord, word)) % 14)
         rows.append(word_vectors[idx] + 0.05 * torch.randn(word_vectors.shape[1], generator=g))
     rows.append(word_vectors[-2])
     return torch.stack(rows)  # (L, D)

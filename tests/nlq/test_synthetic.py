@@ -135,3 +135,45 @@ def test_synth_tool(tmp_path, capsys):
     assert code == 0 and "wrote a synthetic Ego4D NLQ download" in capsys.readouterr().out
     ann = load_nlq_annotations(tmp_path / "v2/annotations/nlq_val.json")
     assert len(ann.queries) == 3 and ann.has_ground_truth
+    wide = tmp_path / "wide"
+    assert (
+        main(["nlq", "synth", str(wide), "--train-videos", "6", "--objects", "120", "--object-zipf", "0.5"])
+        == 0
+    )
+    words = {
+        q.query.rstrip("?").split()[-1]
+        for q in load_nlq_annotations(wide / "v2/annotations/nlq_train.json").queries
+    }
+    assert words - set(OBJECTS)  # words beyond the default 24
+
+
+def test_long_tailed_vocabulary_and_visible_narrated_actions(tmp_path):
+    from repsuite.nlq.synthetic import MORE_OBJECTS
+
+    spec = SyntheticSpec(
+        num_videos={"train": 12, "val": 2, "test": 1},
+        clip_seconds=(40.0, 60.0),
+        sources={"slowfast8x8_r101_k400": 8},
+        text_source="clip_text_vitb16",
+        noise=0.0,  # the features are then the events and the narrated actions alone
+        num_objects=120,
+        object_zipf=1.0,
+    )
+    base = write_synthetic_ego4d(tmp_path, spec)
+    queries = load_nlq_annotations(base / "annotations/nlq_train.json").queries
+    named = [q.query.rstrip("?").split()[-1] for q in queries]
+    assert set(named) <= set(spec.vocabulary) and set(named) & set(MORE_OBJECTS)  # beyond the first 24
+    head, tail = sum(n in OBJECTS[:6] for n in named), sum(n in MORE_OBJECTS[-48:] for n in named)
+    assert head > tail  # a long tail: the first six words are asked about more than the last 48
+    assert (base / "clip_text_vitb16").is_dir() and any((base / "clip_text_vitb16").glob("*_*.pt"))
+    narr = json.loads((base / "annotations/narration.json").read_text())
+    video_uid = next(iter(narr))
+    feats = torch.load(base / "slowfast8x8_r101_k400" / f"{video_uid}.pt", weights_only=True)
+    narrated = narr[video_uid]["narration_pass_1"]["narrations"]
+    fillers = [n for n in narrated if "the " not in n["narration_text"]]  # not an event's "... the cup"
+    assert fillers
+    for n in fillers:  # every narrated background action shows in the features around its time
+        r = int(n["timestamp_sec"] * ROWS_PER_SEC)
+        assert feats[max(0, r - 1) : r + 2].norm(dim=1).max() > 0, n
+    with pytest.raises(ValueError, match="num_objects=500"):
+        SyntheticSpec(num_objects=500)
