@@ -31,14 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.nlq_ablation import METRICS, scores  # the official table values ×100
+
 ROOT = Path(__file__).resolve().parents[1]
-METRICS = ("R@1 IoU0.3", "R@5 IoU0.3", "R@1 IoU0.5", "R@5 IoU0.5", "mIoU")
-
-
-def scores(result) -> dict[str, float]:
-    """Official table values ×100 from an :class:`~repsuite.nlq.evaluation.NLQResult`."""
-    out = {f"R@{k} IoU{t}": 100 * result.recall[(t, k)] for t in (0.3, 0.5) for k in (1, 5)}
-    return out | {"mIoU": 100 * result.mean_iou}
 
 
 def fit(data: Path, out: Path, seed: int, steps: int, extra: list[str]):

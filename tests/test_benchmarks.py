@@ -48,11 +48,12 @@ def test_ops_benchmark_runs_and_writes_json(tmp_path):
             "cross-attention (Ours-base)",
         ),
         ("extract.py", ["--quick"], "bounded by"),
+        ("nlq_naq.py", ["--quick", "--seeds", "0"], "R@1 IoU0.3 gain of (b) over (a)"),
     ],
 )
 def test_nlq_benchmarks_run(tmp_path, script, args, expect):
     out = tmp_path / "result.json"
-    extra = ["--work", str(tmp_path / "work")] if script == "nlq_ablation.py" else []
+    extra = ["--work", str(tmp_path / "work")] if script in ("nlq_ablation.py", "nlq_naq.py") else []
     cmd = [PYTHON, str(ROOT / "benchmarks" / script), *args, *extra, "--out", str(out)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=subprocess_env(), timeout=900, cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-2000:]

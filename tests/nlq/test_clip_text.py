@@ -135,19 +135,22 @@ def test_cache_is_written_once_and_tied_to_its_weights(tmp_path):
     assert counts["written"] == len(queries)
 
 
-def test_datamodule_clip_text_caches_and_feeds_the_model(tmp_path):
+def _clip_download(tmp_path):
+    """A copy of the test download and the DataModule arguments of a frozen tiny CLIP text tower."""
     config = _config(tmp_path)
     ckpt, _ = _checkpoint(tmp_path, config)
     root = tmp_path / "ego4d"
     shutil.copytree(DATA, root)
-    dm = Ego4DNLQDataModule(
-        str(root),
-        features=FEATS,
-        text="clip",
-        clip_model=str(config),
-        clip_checkpoint=str(ckpt),
-        batch_size=2,
+    return (
+        root,
+        config,
+        {"features": FEATS, "text": "clip", "clip_model": str(config), "clip_checkpoint": str(ckpt)},
     )
+
+
+def test_datamodule_clip_text_caches_and_feeds_the_model(tmp_path):
+    root, config, clip = _clip_download(tmp_path)
+    dm = Ego4DNLQDataModule(str(root), **clip, batch_size=2)
     assert dm.text_dim == 24 and dm.text_features == default_cache_name(str(config)) == "clip_text_tiny_clip"
     dm.prepare_data()
     cache = root / "v2/clip_text_tiny_clip"
@@ -260,22 +263,12 @@ def test_datamodule_trains_on_a_naq_file_from_a_sharded_clip_cache(tmp_path):
     from repsuite.nlq.naq import build_naq
     from repsuite.nlq.text_store import TextFeatureStore, query_key
 
-    config = _config(tmp_path)
-    ckpt, _ = _checkpoint(tmp_path, config)
-    root = tmp_path / "ego4d"
-    shutil.copytree(DATA, root)
+    root, _, clip = _clip_download(tmp_path)
     naq, counts = build_naq(root, "v2", "train")
     assert counts["kept"] > 0
     (root / "v2/annotations/naq_train.json").write_text(json.dumps(naq))
     dm = Ego4DNLQDataModule(
-        str(root),
-        features=FEATS,
-        text="clip",
-        clip_model=str(config),
-        clip_checkpoint=str(ckpt),
-        clip_cache_shard_size=16,
-        train_files=["naq_train.json"],
-        batch_size=4,
+        str(root), **clip, clip_cache_shard_size=16, train_files=["naq_train.json"], batch_size=4
     )
     dm.prepare_data()
     cache = root / "v2/clip_text_tiny_clip"
