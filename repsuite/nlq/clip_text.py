@@ -230,8 +230,9 @@ def cache_text_features(
         overwrite: recompute everything, whatever the folder holds.
         shard_size: 0 writes one ``<annotation_uid>_<query_idx>.pt`` per query (the author's format); N > 0
             packs about N queries per shard file (:mod:`repsuite.nlq.text_store`; for NaQ's millions of
-            queries). A folder keeps the layout and shard count of its first build; each finished file
-            (query or shard) is final, so a killed build resumes where it stopped.
+            queries). A folder keeps the layout and shard count of its first build (0 adds to a sharded
+            folder in shards; N > 0 on a folder of per-query files is refused); each finished file (query
+            or shard) is final, so a killed build resumes where it stopped.
 
     Returns:
         ``{"written": n, "cached": m}``.
@@ -255,10 +256,12 @@ def cache_text_features(
         mpath.unlink(missing_ok=True)
     layout = SHARDS if shard_size > 0 else FILES
     if old is not None and old.get("layout", FILES) != layout:
-        raise FeatureError(
-            f"{mpath}: this cache holds its queries as {old.get('layout', FILES)!r}, not {layout!r} "
-            f"(shard_size={shard_size}); use another folder or recompute it with overwrite"
-        )
+        if shard_size > 0:  # shards asked for, the folder holds one file per query
+            raise FeatureError(
+                f"{mpath}: this cache holds its queries as {old.get('layout', FILES)!r}, not {layout!r} "
+                f"(shard_size={shard_size}); use another folder or recompute it with overwrite"
+            )
+        layout = SHARDS  # no layout asked for: a sharded folder stays sharded
     store = TextFeatureStore(out, layout, num_shards=max(1, math.ceil(len(texts) / max(shard_size, 1))))
     manifest |= {"layout": store.layout}
     if store.layout == SHARDS:

@@ -238,6 +238,8 @@ def test_sharded_cache_equals_files_resumes_and_keeps_its_shard_count(tmp_path):
     assert again == {"written": len(set(keys)) - len({*keys[:half]}), "cached": len({*keys[:half]})}
     # the shard count is the first build's: queries added later land in the shards they hash to
     assert json.loads((shards / "manifest.json").read_text())["num_shards"] == n_shards
+    # no shard size given (e.g. a config without it): a sharded folder stays sharded
+    assert cache_text_features(queries, shards, tower) == {"written": 0, "cached": len(set(keys))}
     assert len(list((shards / "shards").glob("*.pt"))) <= n_shards and not list(shards.rglob(".*.tmp"))
     a, b = TextFeatureStore(files), TextFeatureStore(shards)
     assert (a.layout, b.layout) == ("files", "shards")
