@@ -267,12 +267,7 @@ def cache_text_features(
     if store.layout == SHARDS:
         manifest |= {"num_shards": store.num_shards, "file_pattern": SHARD_PATTERN}
     mpath.write_text(json.dumps(manifest, indent=1))  # first: a resumed build reads num_shards from it
-    if overwrite:  # everything, grouped by the file that holds it
-        todo: dict[int, list[str]] = {}
-        for key in texts:
-            todo.setdefault(store.shard_of(key) if store.layout == SHARDS else -1, []).append(key)
-    else:
-        todo = store.missing(list(texts))
+    todo = store.group(list(texts)) if overwrite else store.missing(list(texts))
     written = sum(len(keys) for keys in todo.values())
     for keys in todo.values():
         states: dict[str, Tensor] = {}

@@ -22,6 +22,7 @@ Several sources are L2-normalised per row and concatenated, as in the thesis (§
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,6 +43,7 @@ __all__ = [
     "load_feature_file",
     "official_num_rows",
     "pool_to_length",
+    "save_feature_file",
 ]
 
 FEATURE_FPS = 30.0
@@ -97,6 +99,16 @@ def load_feature_file(path: Path, what: str = "feature") -> Tensor:
     if not t.is_floating_point():
         raise FeatureError(f"{path}: expected floating-point features, got {t.dtype}")
     return t
+
+
+def save_feature_file(obj: object, path: Path) -> None:
+    """``torch.save`` under a temporary name, then rename it to ``path``.
+
+    A final name never holds a half-written file, so an interrupted build resumes from the files it finished.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
 
 
 @dataclass

@@ -15,14 +15,13 @@ Two layouts of a text-feature folder, told apart by its ``manifest.json`` (``"la
 from __future__ import annotations
 
 import json
-import os
 import zlib
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
-from repsuite.nlq.features import FeatureError, load_feature_file
+from repsuite.nlq.features import FeatureError, load_feature_file, save_feature_file
 
 __all__ = ["FILES", "SHARDS", "TextFeatureStore", "query_key", "read_layout"]
 
@@ -131,12 +130,11 @@ class TextFeatureStore:
         """The (L, D) features of ``key``; errors name the file and the query."""
         if self.layout == FILES:
             return load_feature_file(self.path(key), "text feature")
-        path = self.path(key)
         t = self._shard(self.shard_of(key)).get(key)
         if t is None:
             raise FeatureError(self.not_found(key))
         if not isinstance(t, Tensor) or t.ndim != 2 or not t.is_floating_point():
-            raise FeatureError(f"{path}: query {key!r}: expected a 2-d (tokens, dim) float tensor")
+            raise FeatureError(f"{self.path(key)}: query {key!r}: expected a 2-d (tokens, dim) float tensor")
         return t
 
     def first(self) -> Tensor | None:
@@ -151,19 +149,22 @@ class TextFeatureStore:
         return None
 
     # ---- writing
-    def missing(self, keys: list[str]) -> dict[int, list[str]]:
-        """The keys not yet stored, grouped by the file that will hold them (shard, or -1 per file)."""
+    def group(self, keys: list[str]) -> dict[int, list[str]]:
+        """Unique keys, in order, grouped by the file that holds them (their shard; -1 with one file each)."""
         out: dict[int, list[str]] = {}
-        for key in dict.fromkeys(keys):  # unique, in order
-            if not self.has(key):
-                out.setdefault(self.shard_of(key) if self.layout == SHARDS else -1, []).append(key)
+        for key in dict.fromkeys(keys):
+            out.setdefault(self.shard_of(key) if self.layout == SHARDS else -1, []).append(key)
         return out
+
+    def missing(self, keys: list[str]) -> dict[int, list[str]]:
+        """The keys not yet stored, grouped as :meth:`group` does."""
+        return self.group([k for k in keys if not self.has(k)])
 
     def write(self, items: dict[str, Tensor]) -> None:
         """Store features; with shards, every key must hash to the same shard (one atomic rewrite)."""
         if self.layout == FILES:
             for key, t in items.items():
-                _atomic_save(t, self.path(key))
+                save_feature_file(t, self.path(key))
             return
         shards = {self.shard_of(k) for k in items}
         if len(shards) != 1:
@@ -174,10 +175,4 @@ class TextFeatureStore:
         path = self.shard_path(shard)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._open.pop(shard, None)  # drop the memory map of the file being replaced
-        _atomic_save(merged, path)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # never a half-written file under the final name
+        save_feature_file(merged, path)

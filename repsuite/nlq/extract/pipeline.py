@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from repsuite.nlq.extract.frame_encoder import FrameEncoder
 from repsuite.nlq.extract.video import VideoError, decode_rows, frames_30fps, probe_video, row_frame_indices
-from repsuite.nlq.features import official_num_rows
+from repsuite.nlq.features import official_num_rows, save_feature_file
 
 __all__ = [
     "VIDEO_EXTENSIONS",
@@ -308,10 +308,7 @@ class FeatureWriter(BasePredictionWriter):
                 f"{record['path']}: got {feats.shape[0]} rows, expected {record['num_rows']}"
             )
             return
-        path = self.out_dir / f"{uid}.pt"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save(feats.to(self.dtype).contiguous(), tmp)
-        os.replace(tmp, path)  # a final name never holds a half-written file
+        save_feature_file(feats.to(self.dtype).contiguous(), self.out_dir / f"{uid}.pt")
         self.summary.done[uid] = feats.shape[0]
         self.records[uid] = {
             "rows": int(feats.shape[0]),
