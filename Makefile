@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 # NLQ (official Ego4D layout): write the data, train the demo model (a few minutes on CPU), predict val,
 # and print the official R@k table next to a random-window baseline on the same queries.
 # Face swapping (VGGFace2-HQ / FFHQ layouts): train an identity encoder, an independent judge (another
-# network, data and run), the swapper, then score its swaps on held-out identities — whose identity the
+# network, data and run), a face-reconstruction network (shape-aware identity), the swapper, then score its swaps on held-out identities — whose identity the
 # judge sees, pose / expression errors, PSNR against the ground-truth swaps — and write a grid PNG.
 demo: demo-nlq demo-faceswap
 
@@ -34,6 +34,7 @@ demo-faceswap: $(STAMP)
 	$(BIN)/repsuite faceswap synth data/synthetic_faces
 	$(BIN)/repsuite fit --config configs/faceswap/idnet_demo.yaml
 	$(BIN)/repsuite fit --config configs/faceswap/judge_demo.yaml
+	$(BIN)/repsuite fit --config configs/faceswap/recon_demo.yaml
 	$(BIN)/repsuite fit --config configs/faceswap/demo.yaml
 	$(BIN)/repsuite faceswap eval data/synthetic_faces/pairs --ckpt outputs/faceswap_demo/checkpoints/last.ckpt \
 		--id-judge outputs/faceswap_judge/checkpoints/last.ckpt \

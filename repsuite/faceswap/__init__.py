@@ -2,13 +2,20 @@
 
 Models (plain ``nn.Module``): :class:`StyleGAN2Generator` / :class:`StyleGAN2Discriminator` (GFPGAN /
 BasicSR key layouts), :class:`IResNet` (ArcFace), :class:`FaceSwapGenerator` (Fig. 3.7). Lightning:
-:class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceJudgeModule`, :class:`FaceSwapDataModule`,
-:class:`FaceIdentityDataModule`, :class:`FaceJudgeDataModule`. Evaluation over a pair folder:
-:func:`evaluate_swaps`, judged independently by :class:`FaceJudge` (synthetic faces) or a second ArcFace.
+:class:`FaceSwapModule`, :class:`IdentityModule`, :class:`FaceJudgeModule`, :class:`FaceReconModule`,
+:class:`FaceSwapDataModule`, :class:`FaceIdentityDataModule`, :class:`FaceJudgeDataModule`,
+:class:`FaceReconDataModule`. Shape-aware identity (HifiFace): :class:`FaceRecon`. Evaluation over a
+pair folder: :func:`evaluate_swaps`, judged independently by :class:`FaceJudge` (synthetic faces) or a
+second ArcFace.
 """
 
 from repsuite.faceswap.arcface import ArcMarginHead, IResNet, iresnet, load_arcface
-from repsuite.faceswap.datamodule import FaceIdentityDataModule, FaceJudgeDataModule, FaceSwapDataModule
+from repsuite.faceswap.datamodule import (
+    FaceIdentityDataModule,
+    FaceJudgeDataModule,
+    FaceReconDataModule,
+    FaceSwapDataModule,
+)
 from repsuite.faceswap.detection import (
     AlignedFaces,
     FaceDetector,
@@ -25,6 +32,8 @@ from repsuite.faceswap.judging import SwapJudge, open_judge
 from repsuite.faceswap.loading import infer_stylegan2_config, load_stylegan2, load_stylegan2_discriminator
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
 from repsuite.faceswap.module import FaceSwapModule
+from repsuite.faceswap.recon import FaceRecon, FaceReconConfig, load_face_recon
+from repsuite.faceswap.recon_module import FaceReconModule
 from repsuite.faceswap.stylegan2 import (
     StyleGAN2Config,
     StyleGAN2Discriminator,
@@ -43,6 +52,10 @@ __all__ = [
     "FaceJudgeConfig",
     "FaceJudgeDataModule",
     "FaceJudgeModule",
+    "FaceRecon",
+    "FaceReconConfig",
+    "FaceReconDataModule",
+    "FaceReconModule",
     "FaceSwapDataModule",
     "FaceSwapGenerator",
     "FaceSwapGeneratorConfig",
@@ -64,6 +77,7 @@ __all__ = [
     "infer_stylegan2_config",
     "iresnet",
     "load_arcface",
+    "load_face_recon",
     "load_judge",
     "load_retinaface",
     "load_stylegan2",

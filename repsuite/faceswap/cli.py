@@ -88,10 +88,11 @@ def _synth(ns: argparse.Namespace) -> int:
     spec = SyntheticFacesSpec(
         resolution=ns.resolution, identities=ns.identities, images_per_identity=ns.images_per_identity,
         ffhq_images=ns.ffhq_images, eval_identities=ns.eval_identities, eval_pairs=ns.eval_pairs,
-        judge_images=ns.judge_images, seed=ns.seed,
+        judge_images=ns.judge_images, recon_images=ns.recon_images, seed=ns.seed,
     )  # fmt: skip
     root = write_synthetic_faces(ns.root, spec)
     judge = f", judge/ ({spec.judge_images} faces with their parameters)" if spec.judge_images else ""
+    judge += f", recon/ ({spec.recon_images} more)" if spec.recon_images else ""
     print(
         f"wrote synthetic faces to {root}: vggface2_hq/ ({spec.identities} identities), ffhq/, pairs/"
         f" ({spec.eval_pairs} pairs of {spec.eval_identities} held-out identities){judge}"
@@ -336,6 +337,11 @@ def _add_synth(sub: Any) -> None:  # the subparsers action
     sy.add_argument(
         "--judge-images", type=int, default=4000,
         help="faces of further identities with their parameters, to train the independent judge (0: none)",
+    )  # fmt: skip
+    sy.add_argument(
+        "--recon-images", type=int, default=3000,
+        help="faces of yet other identities with their parameters, to train the swapper's "
+        "face-reconstruction network (shape-aware identity; 0: none)",
     )  # fmt: skip
     sy.add_argument("--seed", type=int, default=0)
     sy.set_defaults(func=_synth)

@@ -315,7 +315,8 @@ def read_judge_params(root: str | Path) -> dict:
     path = Path(root) / "params.json"
     if not path.is_file():
         raise FaceImageError(
-            f"{path}: not found; write judge faces with `repsuite faceswap synth ROOT` (ROOT/judge/)"
+            f"{path}: not found; `repsuite faceswap synth ROOT` writes faces with their parameters in "
+            "ROOT/judge/ and ROOT/recon/"
         )
     try:
         meta = json.loads(path.read_text())

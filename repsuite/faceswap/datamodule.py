@@ -25,7 +25,7 @@ from repsuite.faceswap.data import (
     scan_vggface2,
 )
 
-__all__ = ["FaceIdentityDataModule", "FaceJudgeDataModule", "FaceSwapDataModule"]
+__all__ = ["FaceIdentityDataModule", "FaceJudgeDataModule", "FaceReconDataModule", "FaceSwapDataModule"]
 
 
 def _collate(items: list[dict]) -> dict[str, Any]:
@@ -297,7 +297,40 @@ class FaceIdentityDataModule(_FaceDataModule):
         self.val_set = IdentityFaces(val, h.resolution, labels)
 
 
-class FaceJudgeDataModule(_FaceDataModule):
+class _ParamsFaceDataModule(_FaceDataModule):
+    """Faces with known rendering parameters (``params.json``): the last ``val_fraction`` validate."""
+
+    _meta: dict
+
+    def _read(self, root: str) -> None:
+        self._root = root
+        self._meta = read_judge_params(root)
+
+    @property
+    def fields(self) -> tuple[list[str], list[str]]:
+        """Names of the identity and attribute parameters, as ``params.json`` lists them."""
+        return list(self._meta["identity_fields"]), list(self._meta["attribute_fields"])
+
+    def setup(self, stage: str) -> None:
+        """Split the sorted image list into train / val."""
+        if self.train_set is not None:
+            return
+        h = self.hparams
+        names = sorted(self._meta["images"])
+        n_val = max(1, round(len(names) * h.val_fraction)) if len(names) > 1 else 0
+        split = len(names) - n_val
+        self.train_set = JudgeFaceDataset(self._root, h.resolution, names[:split], self._meta)
+        self.val_set = JudgeFaceDataset(self._root, h.resolution, names[split:], self._meta)
+
+    def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Identity (N, identity_dim) and attribute (N, attribute_dim) vectors of the training images."""
+        entries = self.train_set.entries
+        ident = torch.tensor([entries[n]["identity"] for n in self.train_set.names], dtype=torch.float32)
+        attrs = torch.tensor([entries[n]["attributes"] for n in self.train_set.names], dtype=torch.float32)
+        return ident, attrs
+
+
+class FaceJudgeDataModule(_ParamsFaceDataModule):
     """Faces with known rendering parameters (synthetic ``ROOT/judge/``) for an independent judge.
 
     The last ``val_fraction`` of the sorted images validate. ``identity_dim`` / ``attribute_dim`` are read
@@ -323,26 +356,39 @@ class FaceJudgeDataModule(_FaceDataModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self._meta = meta = read_judge_params(judge_root)
-        self.identity_dim = len(meta["identity_fields"])
-        self.attribute_dim = len(meta["attribute_fields"])
+        self._read(judge_root)
+        self.identity_dim = len(self._meta["identity_fields"])
+        self.attribute_dim = len(self._meta["attribute_fields"])
         self.train_set: JudgeFaceDataset | None = None
         self.val_set: JudgeFaceDataset | None = None
 
-    def setup(self, stage: str) -> None:
-        """Split the sorted image list into train / val."""
-        if self.train_set is not None:
-            return
-        h = self.hparams
-        names = sorted(self._meta["images"])
-        n_val = max(1, round(len(names) * h.val_fraction)) if len(names) > 1 else 0
-        split = len(names) - n_val
-        self.train_set = JudgeFaceDataset(h.judge_root, h.resolution, names[:split], self._meta)
-        self.val_set = JudgeFaceDataset(h.judge_root, h.resolution, names[split:], self._meta)
 
-    def train_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Identity (N, identity_dim) and attribute (N, attribute_dim) vectors of the training images."""
-        entries = self.train_set.entries
-        ident = torch.tensor([entries[n]["identity"] for n in self.train_set.names], dtype=torch.float32)
-        attrs = torch.tensor([entries[n]["attributes"] for n in self.train_set.names], dtype=torch.float32)
-        return ident, attrs
+class FaceReconDataModule(_ParamsFaceDataModule):
+    """Faces with known rendering parameters (synthetic ``ROOT/recon/``) for the face-reconstruction network.
+
+    The same ``params.json`` layout as the judge's faces, from a folder of its own: the shape network the
+    swapper trains against and the judge that scores it learn from different identities.
+
+    Args:
+        recon_root: folder with ``params.json`` (``repsuite faceswap synth`` writes ``ROOT/recon``).
+        resolution: size the faces are read at.
+        val_fraction: share of the images held out for validation.
+        batch_size: training batch size.
+        eval_batch_size: validation batch size.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(
+        self,
+        recon_root: str,
+        resolution: int = 64,
+        val_fraction: float = 0.1,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self._read(recon_root)
+        self.train_set: JudgeFaceDataset | None = None
+        self.val_set: JudgeFaceDataset | None = None

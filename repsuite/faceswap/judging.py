@@ -161,7 +161,9 @@ class JudgeScores:
 def check_independent(
     judge_path: str | Path, encoder_path: str | Path, encoder: nn.Module, judge: SwapJudge
 ) -> None:
-    """Refuse a judge that is the swapper's training encoder: the same file, or any shared weight tensor.
+    """Refuse a judge that is a network the swapper trains against (its identity encoder, its shape network).
+
+    The same file, or any shared weight tensor, is refused.
 
     Raises:
         ValueError: naming both files and what they share.
@@ -169,7 +171,7 @@ def check_independent(
     judge_path, encoder_path = Path(judge_path), Path(encoder_path)
     if judge_path.resolve() == encoder_path.resolve() or file_sha256(judge_path) == file_sha256(encoder_path):
         raise ValueError(
-            f"id judge {judge_path} is the swapper's training encoder {encoder_path}: a judge must take no "
+            f"id judge {judge_path} is the swapper's training network {encoder_path}: a judge must take no "
             "part in training (train one with configs/faceswap/judge_demo.yaml, or use another ArcFace)"
         )
     enc = {}
@@ -180,7 +182,7 @@ def check_independent(
         for name, t in module.state_dict().items():
             if any(torch.equal(t, e) for e in enc.get(tuple(t.shape), [])):
                 raise ValueError(
-                    f"id judge {judge_path}: weight {name} {tuple(t.shape)} is also in the training encoder "
+                    f"id judge {judge_path}: weight {name} {tuple(t.shape)} is also in the training network "
                     f"{encoder_path}; a judge must share no weights with it"
                 )
 

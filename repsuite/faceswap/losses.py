@@ -5,7 +5,9 @@
 * :func:`generator_adversarial_loss` / :func:`discriminator_adversarial_loss` — non-saturating logistic GAN
   losses for the global and each component discriminator (Eq. 3.10); :func:`r1_penalty` optional;
 * :class:`WeakFeatureMatchingLoss` — L1 between the global discriminator's last-layer features of the swap
-  and of the target (Eq. 3.11, SimSwap).
+  and of the target (Eq. 3.11, SimSwap);
+* :class:`ShapeLoss` — beyond the thesis: HifiFace's shape-aware identity (Eq. 6), L1 between the face
+  reconstruction of the swap and the fused coefficients (source's shape, target's pose and expression).
 
 Default weights are the thesis's: λ_ID = 10, λ_Recon = 10, λ_adv = 1, λ_wkFM = 5.
 """
@@ -21,6 +23,7 @@ from torch import Tensor, nn
 __all__ = [
     "IdentityLoss",
     "ReconstructionLoss",
+    "ShapeLoss",
     "WeakFeatureMatchingLoss",
     "discriminator_adversarial_loss",
     "generator_adversarial_loss",
@@ -88,3 +91,22 @@ class WeakFeatureMatchingLoss(nn.Module):
         pairs = list(zip(fake_features, real_features, strict=True))[-self.num_layers :]
         total = sum(F.l1_loss(f.float(), r.detach().float()) for f, r in pairs)
         return self.weight * total / len(pairs)
+
+
+class ShapeLoss(nn.Module):
+    """‖recon(swap) − (shape(source), pose/expression(target))‖₁ on standardised coefficients.
+
+    HifiFace (Wang et al., IJCAI 2021, Eq. 6) compares 3D landmarks of the fused and the swap's 3DMM
+    reconstructions; without a 3DMM basis the standardised coefficients are compared directly.
+    """
+
+    def __init__(self, weight: float = 10.0) -> None:
+        super().__init__()
+        self.weight = weight
+
+    def forward(
+        self, swap_shape: Tensor, swap_kept: Tensor, source_shape: Tensor, target_kept: Tensor
+    ) -> Tensor:
+        """Coefficients (B, n_shape) of swap / source, (B, n_kept) of swap / target -> weighted scalar."""
+        fused = torch.cat([source_shape, target_kept], dim=1).detach().float()  # (B, n_shape + n_kept)
+        return self.weight * F.l1_loss(torch.cat([swap_shape, swap_kept], dim=1).float(), fused)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
@@ -23,6 +24,7 @@ from repsuite.faceswap.loading import load_stylegan2
 from repsuite.faceswap.losses import (
     IdentityLoss,
     ReconstructionLoss,
+    ShapeLoss,
     WeakFeatureMatchingLoss,
     discriminator_adversarial_loss,
     generator_adversarial_loss,
@@ -30,6 +32,7 @@ from repsuite.faceswap.losses import (
 )
 from repsuite.faceswap.metrics import ArcFaceEmbedder
 from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from repsuite.faceswap.recon import FaceRecon, FaceReconConfig, load_face_recon
 from repsuite.faceswap.scores import SwapScores
 from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Discriminator, StyleGAN2Generator
 from repsuite.resume import ExactResumeMixin
@@ -57,8 +60,20 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             ``configs/faceswap/judge_demo.yaml`` on synthetic faces, or an ArcFace other than
             ``id_encoder_ckpt``): logs ``val/judge_source_top1`` / ``val/judge_target_top1`` (whose identity
             it sees in the swaps) and pose / expression errors next to the training encoder's
-            ``val/id_retrieval``. Refused when it is, or shares weights with, the training encoder. Not
-            saved in checkpoints.
+            ``val/id_retrieval``. Refused when it is, or shares weights with, the training encoder or the
+            shape network. Not saved in checkpoints.
+        shape_ckpt: a face-reconstruction network (``FaceReconModule`` checkpoint of
+            ``configs/faceswap/recon_demo.yaml``; a 3DMM regressor in HifiFace) for HifiFace's shape-aware
+            identity (beyond the thesis): the swap's reconstructed face shape must be the source's, its pose
+            and expression the target's (``shape_weight``), and with ``shape_input`` the generator is also
+            told the source's shape coefficients. An identity encoder can be satisfied by colour alone and
+            need not encode the face's geometry at all; this network reads it. Frozen, saved in the
+            checkpoint (``shape_input`` needs it to embed sources); validation logs its reading of the
+            swaps as ``val/shape_error`` (standardised L1 to the fused coefficients).
+        shape_weight: λ_shape of the shape loss (L1 on standardised coefficients).
+        shape_input: append the source's standardised shape coefficients to the identity vector the
+            generator is conditioned on (HifiFace's v_sid = ArcFace identity ‖ 3D shape coefficients).
+        shape_arch: the shape network's architecture (read from ``shape_ckpt``; checkpoints record it).
         channel_multiplier, narrow, num_mlp: architecture of a random prior (else read from ``prior_ckpt``).
         unet_narrow, id_injection, unet_skips, unet_skip_max_res, skip_warp, id_blocks_bottleneck,
         train_prior: see :class:`~repsuite.faceswap.model.FaceSwapGeneratorConfig`.
@@ -101,6 +116,10 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         random_prior: bool = False,
         random_id_encoder: bool = False,
         id_judge_ckpt: str | None = None,
+        shape_ckpt: str | None = None,
+        shape_weight: float = 10.0,
+        shape_input: bool = True,
+        shape_arch: dict[str, Any] | None = None,
         channel_multiplier: float = 1,
         narrow: float = 1.0,
         num_mlp: int = 8,
@@ -143,6 +162,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         #: further identity encoders (``id_encoder_ckpt`` given as a list); the first stays ``arcface``
         self.arcface_extra = nn.ModuleList(extra)
         self.embedder = ArcFaceEmbedder(self.arcface, self.arcface_extra)
+        with torch.random.fork_rng(devices=[]):
+            #: the frozen face-reconstruction network of the shape-aware identity (``shape_ckpt``), or None
+            self.shape_net = self._build_shape_net(_arch_only)
         prior = self._build_prior(_arch_only)
         self.generator = FaceSwapGenerator(self._generator_config(prior.cfg), prior)
         self.discriminator = StyleGAN2Discriminator(prior.cfg)
@@ -152,6 +174,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.id_loss = IdentityLoss(id_weight)
         self.recon_loss = ReconstructionLoss(recon_weight)
         self.fm_loss = WeakFeatureMatchingLoss(fm_weight, fm_layers)
+        self.shape_loss = ShapeLoss(shape_weight)
         self.judge = self._build_judge(_arch_only)
         self.val_scores = SwapScores(self.embedder, self.judge, judge_baselines=False)
         self._grid: Tensor | None = None
@@ -163,7 +186,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """The generator's config: the constructor's arguments of that name, the prior's sizes."""
         h = self.hparams
         given = {f.name: h[f.name] for f in fields(FaceSwapGeneratorConfig) if f.name in h}
-        given["id_dim"] = self.embedder.dim  # 512 per identity encoder
+        given["id_dim"] = self.embedder.dim + self._shape_dim()  # 512 per identity encoder (+ shape)
         return FaceSwapGeneratorConfig(**given | {f.name: getattr(prior, f.name) for f in fields(prior)})
 
     def _build_ema(self, decay: float | None) -> AveragedModel | None:
@@ -174,6 +197,21 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ema = AveragedModel(self.generator, multi_avg_fn=partial(_ema_update, decay=decay), use_buffers=True)
         self._register_load_state_dict_pre_hook(_rename_old_ema_keys)
         return ema.requires_grad_(False)
+
+    def _build_shape_net(self, arch_only: bool) -> FaceRecon | None:
+        """The shape network from ``shape_ckpt``, or rebuilt from ``shape_arch`` (weights: the state dict)."""
+        h = self.hparams
+        if h.shape_ckpt and not arch_only:
+            return load_face_recon(h.shape_ckpt)
+        if arch_only and h.shape_arch:
+            return FaceRecon(FaceReconConfig(**h.shape_arch)).eval().requires_grad_(False)
+        return None
+
+    def _shape_dim(self) -> int:
+        """Width of the shape coefficients appended to the generator's identity vector (0 when not)."""
+        if self.shape_net is None or not self.hparams.shape_input:
+            return 0
+        return len(self.shape_net.cfg.shape_fields)
 
     def _build_prior(self, arch_only: bool) -> StyleGAN2Generator:
         h = self.hparams
@@ -226,6 +264,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         judge = open_judge(h.id_judge_ckpt)
         for path, net in zip(self._encoder_paths(), [self.arcface, *self.arcface_extra], strict=False):
             check_independent(h.id_judge_ckpt, path, net, judge)
+        if self.shape_net is not None and h.shape_ckpt:
+            check_independent(h.id_judge_ckpt, h.shape_ckpt, self.shape_net, judge)
         return judge
 
     @classmethod
@@ -242,10 +282,15 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """
         prior = self.generator.stylegan.cfg
         (depth, size, zoom), *extra = [_encoder_arch(n) for n in [self.arcface, *self.arcface_extra]]
+        shape = self.shape_net.cfg if self.shape_net is not None else None
+        shape_arch = None if shape is None else {
+            "backbone": shape.backbone, "input_size": shape.input_size,
+            "shape_fields": list(shape.shape_fields), "kept_fields": list(shape.kept_fields),
+        }  # fmt: skip
         return {
             "channel_multiplier": prior.channel_multiplier, "narrow": prior.narrow, "num_mlp": prior.num_mlp,
             "id_encoder_depth": depth, "id_encoder_input_size": size, "id_encoder_crop_zoom": zoom,
-            "id_encoder_extra_arch": [list(a) for a in extra] or None,
+            "id_encoder_extra_arch": [list(a) for a in extra] or None, "shape_arch": shape_arch,
         }  # fmt: skip
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -266,6 +311,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         super().train(mode)
         self.arcface.eval()
         self.arcface_extra.eval()
+        if self.shape_net is not None:
+            self.shape_net.eval()
         return self
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -273,11 +320,25 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """The generator used for validation and export (the EMA copy when kept)."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
+    def identity_vector(self, sources: Tensor, embedding: Tensor | None = None) -> Tensor:
+        """What the generator is told about each source face (B, 3, S, S): (B, id_dim).
+
+        The identity encoders' embedding, and with ``shape_input`` the source's standardised shape
+        coefficients after it (scaled by 1/√n so they weigh about as much as one unit ArcFace embedding).
+        ``embedding``: the encoders' embedding of ``sources`` when already computed.
+        """
+        emb = self.embedder(sources) if embedding is None else embedding
+        if not self._shape_dim():
+            return emb
+        shape, _ = self.shape_net.standardised(sources)  # (B, n_shape)
+        unit = F.normalize(emb.float(), dim=-1)
+        return torch.cat([unit, shape.float() / shape.shape[1] ** 0.5], dim=-1).to(emb.dtype)
+
     @torch.no_grad()
     def swap(self, sources: Tensor, targets: Tensor) -> Tensor:
         """Swap aligned faces: identity of ``sources`` onto ``targets`` (B, 3, S, S) in [-1, 1]."""
         gen = self.swap_generator()
-        return gen(targets, self.embedder(sources), randomize_noise=False).clamp(-1, 1)
+        return gen(targets, self.identity_vector(sources), randomize_noise=False).clamp(-1, 1)
 
     def _landmarks(self, batch: dict[str, Any]) -> Tensor | None:
         lm = batch.get("target_landmarks")
@@ -315,12 +376,22 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             "recon": self.recon_loss(swap, batch["target"], batch["same_identity"]),
             "fm": self.fm_loss(fake_feats, real_feats),
         }
+        if self.shape_net is not None:
+            terms["shape"] = self._shape_term(swap, batch)
         if len(self.components):
             crops = crop_components(swap, self._landmarks(batch))
             for name, d in self.components.items():
                 weight = h.adv_weight * h.component_weight
                 terms[f"g_{name}"] = weight * generator_adversarial_loss(d(crops[name]))
         return terms
+
+    def _shape_term(self, swap: Tensor, batch: dict[str, Any]) -> Tensor:
+        """λ_shape · L1(recon(swap), (shape of the source, pose / expression of the target))."""
+        net = self.shape_net
+        with torch.no_grad():
+            src_shape, _ = net.standardised(batch["source"])
+            _, tgt_kept = net.standardised(batch["target"])
+        return self.shape_loss(*net.standardised(swap), src_shape, tgt_kept)
 
     def _identity_view(self, swap: Tensor) -> Tensor:
         """The swap as the identity loss sees it: randomly shifted / scaled by up to ``id_jitter``."""
@@ -357,7 +428,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         r1 = h.r1_weight > 0 and self.iteration % h.r1_every == 0
         with torch.no_grad():
             id_src = self.embedder(batch["source"])
-        swap = self.generator(batch["target"], id_src)
+            condition = self.identity_vector(batch["source"], id_src)
+        swap = self.generator(batch["target"], condition)
         self._set_d_grad(False)
         g_terms = self.generator_losses(batch, swap, id_src)
         loss_g = sum(g_terms.values())
@@ -469,7 +541,12 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         """Swap the validation pairs and score them (:class:`~repsuite.faceswap.scores.SwapScores`)."""
-        self.val_scores.update(self.swap(batch["source"], batch["target"]), batch)
+        swaps = self.swap(batch["source"], batch["target"])
+        self.val_scores.update(swaps, batch)
+        if self.shape_net is not None:  # the training shape network's reading, beside the judge's
+            with torch.no_grad():
+                err = self._shape_term(swaps, batch) / max(self.hparams.shape_weight, 1e-12)
+            self.log("val/shape_error", err, batch_size=swaps.shape[0])
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])
 

@@ -378,7 +378,7 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
         pixels, name = read_image(source, "source")
         faces = self._choose(self._detect(pixels, name), face, name)
         aligned, _ = self._align(pixels, faces.landmarks)
-        return Identity(self.module.embedder(aligned), name, faces.boxes[0].tolist())
+        return Identity(self.module.identity_vector(aligned), name, faces.boxes[0].tolist())
 
     # ------------------------------------------------------------------------------------------- swap
     @torch.no_grad()

@@ -22,6 +22,9 @@ Layouts written by :func:`write_synthetic_faces`::
                                               faces of further identities with their rendering
                                               parameters, drawn from a separate random stream, for
                                               training an independent judge (:mod:`repsuite.faceswap.judge`)
+    ROOT/recon/images/<nnnnn>.png, recon/params.json
+                                              the same from a third stream, for the swapper's
+                                              face-reconstruction network (:mod:`repsuite.faceswap.recon`)
 
 Faces are aligned like FFHQ crops: eyes and mouth sit near the 5-point template, moved a little by pose.
 """
@@ -247,6 +250,7 @@ class SyntheticFacesSpec:
     eval_pairs: int = 100
     singleton_identities: int = 1  # identity folders with a single image (cannot form a same-identity pair)
     judge_images: int = 4000  # faces of further identities with their parameters (0: no judge/ folder)
+    recon_images: int = 3000  # the same for the swapper's face-reconstruction network (0: no recon/ folder)
     seed: int = 0
 
 
@@ -311,6 +315,8 @@ def _write_synthetic_faces(root: Path, spec: SyntheticFacesSpec) -> Path:
     (pairs / "identities.json").write_text(json.dumps(labels, indent=1))
     if spec.judge_images:
         write_judge_faces(root / "judge", spec.judge_images, r, seed=spec.seed + 7919)
+    if spec.recon_images:  # a stream of its own: the judge and the shape network share no identity
+        write_judge_faces(root / "recon", spec.recon_images, r, seed=spec.seed + 6007)
     meta = {
         "identity_fields": list(IDENTITY_FIELDS),
         "attribute_fields": list(ATTRIBUTE_FIELDS),

@@ -19,7 +19,7 @@ from tests.conftest import ROOT
 
 SPEC = SyntheticFacesSpec(
     resolution=32, identities=4, images_per_identity=3, ffhq_images=4, eval_identities=3, eval_pairs=6,
-    judge_images=40,
+    judge_images=40, recon_images=40,
 )  # fmt: skip
 
 
@@ -136,23 +136,23 @@ def test_parameter_transfer_says_which_parameters_a_swap_carries():
 def test_a_judge_is_never_the_training_encoder(trained, tmp_path):
     _, judge_ckpt, idnet_ckpt = trained
     encoder = load_arcface(idnet_ckpt)
-    with pytest.raises(ValueError, match="is the swapper's training encoder"):
+    with pytest.raises(ValueError, match="is the swapper's training network"):
         check_independent(idnet_ckpt, idnet_ckpt, encoder, open_judge(idnet_ckpt))
     copy = tmp_path / "copy.ckpt"
     shutil.copy(idnet_ckpt, copy)
-    with pytest.raises(ValueError, match="is the swapper's training encoder"):
+    with pytest.raises(ValueError, match="is the swapper's training network"):
         check_independent(copy, idnet_ckpt, encoder, open_judge(copy))
     # a different file holding one of the encoder's weights is refused too
     state = {k: v.clone() for k, v in encoder.state_dict().items()}
     other = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in state.items()}
     other["layer2.0.conv1.weight"] = state["layer2.0.conv1.weight"]
     torch.save(other, tmp_path / "backbone.pth")
-    with pytest.raises(ValueError, match=r"layer2\.0\.conv1\.weight .* is also in the training encoder"):
+    with pytest.raises(ValueError, match=r"layer2\.0\.conv1\.weight .* is also in the training network"):
         check_independent(
             tmp_path / "backbone.pth", idnet_ckpt, encoder, open_judge(tmp_path / "backbone.pth")
         )
     check_independent(judge_ckpt, idnet_ckpt, encoder, open_judge(judge_ckpt))  # the real judge passes
-    with pytest.raises(ValueError, match="is the swapper's training encoder"):
+    with pytest.raises(ValueError, match="is the swapper's training network"):
         FaceSwapModule(resolution=32, random_prior=True, narrow=0.0625, num_mlp=2,
                        id_encoder_ckpt=str(idnet_ckpt), id_judge_ckpt=str(idnet_ckpt))  # fmt: skip
 

@@ -22,7 +22,7 @@ def test_layouts_and_ground_truth(tmp_path):
         ffhq_images=3,
         eval_identities=3,
         eval_pairs=4,
-        judge_images=6,
+        judge_images=6, recon_images=6,
     )
     root = write_synthetic_faces(tmp_path, spec)
     folders = sorted(p.name for p in (root / "vggface2_hq").iterdir() if p.is_dir())
@@ -36,6 +36,11 @@ def test_layouts_and_ground_truth(tmp_path):
     assert img.size == (32, 32) and img.mode == "RGB"
     labels = json.loads((root / "pairs/identities.json").read_text())
     assert all(v["source_identity"] != v["target_identity"] for v in labels.values())
+    # the judge's faces and the shape network's come from separate streams: no identity in common
+    judge = json.loads((root / "judge/params.json").read_text())["images"]
+    recon = json.loads((root / "recon/params.json").read_text())["images"]
+    assert len(judge) == len(recon) == 6
+    assert not {tuple(e["identity"]) for e in judge.values()} & {tuple(e["identity"]) for e in recon.values()}
 
 
 def test_identity_and_attributes_are_separate_parameters():
