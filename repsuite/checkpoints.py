@@ -24,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "check_keys",
     "file_sha256",
+    "read_module_weights",
     "read_pretrained",
     "read_state_dict",
     "recorded_weights",
@@ -84,6 +85,35 @@ def read_state_dict(path: str | Path, wrapper_keys: Iterable[str] = WRAPPER_KEYS
     if obj and all(k.startswith("module.") for k in obj):  # saved from a DDP-wrapped model
         obj = {k[len("module.") :]: v for k, v in obj.items()}
     return obj
+
+
+def read_module_weights(
+    path: str | Path, prefix: str, what: str, hint: str
+) -> tuple[dict, dict[str, Tensor]]:
+    """The hyper-parameters and the ``<prefix>.*`` weights (prefix removed) of a Lightning checkpoint.
+
+    For the small networks repsuite trains itself and reads back into a frozen module (the judge, the shape
+    network): ``what`` names the LightningModule expected, ``hint`` how to make such a checkpoint.
+
+    Raises:
+        FileNotFoundError: no such file.
+        CheckpointError: not a checkpoint of ``what`` (no ``<prefix>.*`` weights under ``state_dict``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: {what} checkpoint not found")
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    lead = f"{prefix}."
+    weights = ckpt.get("state_dict")
+    weights = weights if isinstance(weights, dict) else {}
+    state = {k[len(lead) :]: v for k, v in weights.items() if isinstance(k, str) and k.startswith(lead)}
+    if not state:
+        raise CheckpointError(
+            f"{path}: not a {what} checkpoint (no '{prefix}.*' weights in state_dict); {hint}"
+        )
+    hp = ckpt.get("hyper_parameters")
+    return (hp if isinstance(hp, dict) else {}), state
 
 
 def check_keys(

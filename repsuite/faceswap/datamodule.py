@@ -305,6 +305,8 @@ class _ParamsFaceDataModule(_FaceDataModule):
     def _read(self, root: str) -> None:
         self._root = root
         self._meta = read_judge_params(root)
+        self.train_set: JudgeFaceDataset | None = None
+        self.val_set: JudgeFaceDataset | None = None
 
     @property
     def fields(self) -> tuple[list[str], list[str]]:
@@ -359,8 +361,6 @@ class FaceJudgeDataModule(_ParamsFaceDataModule):
         self._read(judge_root)
         self.identity_dim = len(self._meta["identity_fields"])
         self.attribute_dim = len(self._meta["attribute_fields"])
-        self.train_set: JudgeFaceDataset | None = None
-        self.val_set: JudgeFaceDataset | None = None
 
 
 class FaceReconDataModule(_ParamsFaceDataModule):
@@ -390,5 +390,3 @@ class FaceReconDataModule(_ParamsFaceDataModule):
         super().__init__()
         self.save_hyperparameters()
         self._read(recon_root)
-        self.train_set: JudgeFaceDataset | None = None
-        self.val_set: JudgeFaceDataset | None = None

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from repsuite.checkpoints import CheckpointError, check_keys
+from repsuite.checkpoints import check_keys, read_module_weights
 
 __all__ = ["EXPRESSION_SLICE", "POSE_SLICE", "FaceJudge", "FaceJudgeConfig", "JudgeView", "load_judge"]
 
@@ -159,17 +159,11 @@ def load_judge(path: str | Path) -> FaceJudge:
     Raises:
         CheckpointError: not a judge checkpoint, or weights that do not match its recorded sizes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: judge checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    state = {k[len("judge.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("judge.")}
-    if not state:
-        raise CheckpointError(
-            f"{path}: not a FaceJudgeModule checkpoint (no 'judge.*' weights in state_dict); train one with "
-            "`repsuite fit --config configs/faceswap/judge_demo.yaml`, or pass an ArcFace backbone.pth"
-        )
+    hp, state = read_module_weights(
+        path, "judge", "FaceJudgeModule",
+        "train one with `repsuite fit --config configs/faceswap/judge_demo.yaml`, or pass an ArcFace "
+        "backbone.pth",
+    )  # fmt: skip
     names = FaceJudgeConfig.__dataclass_fields__
     cfg = {k: v for k, v in hp.items() if k in names}
     cfg["mouth_branch"] = any(k.startswith("mouth.") for k in state)  # judges trained before the mouth crop

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from repsuite.checkpoints import CheckpointError, check_keys
+from repsuite.checkpoints import check_keys, read_module_weights
 
 __all__ = ["KEPT_FIELDS", "SHAPE_FIELDS", "FaceRecon", "FaceReconConfig", "load_face_recon"]
 
@@ -117,17 +117,10 @@ def load_face_recon(path: str | Path) -> FaceRecon:
     Raises:
         CheckpointError: not a face-reconstruction checkpoint, or weights that do not match its sizes.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: face-reconstruction checkpoint not found")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters", {}) if isinstance(ckpt, dict) else {}
-    state = {k[len("recon.") :]: v for k, v in ckpt.get("state_dict", {}).items() if k.startswith("recon.")}
-    if not state:
-        raise CheckpointError(
-            f"{path}: not a FaceReconModule checkpoint (no 'recon.*' weights in state_dict); train one with "
-            "`repsuite fit --config configs/faceswap/recon_demo.yaml`"
-        )
+    hp, state = read_module_weights(
+        path, "recon", "FaceReconModule",
+        "train one with `repsuite fit --config configs/faceswap/recon_demo.yaml`",
+    )  # fmt: skip
     names = FaceReconConfig.__dataclass_fields__
     net = FaceRecon(FaceReconConfig(**{k: v for k, v in hp.items() if k in names}))
     check_keys(state, net.state_dict(), str(path), "FaceRecon")
