@@ -103,7 +103,7 @@ class FaceReconModule(ExactResumeMixin, LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        """Standardised MSE and each coefficient's R² is logged at the epoch end."""
+        """Standardised MSE and each coefficient's R² (per batch, averaged over the batches)."""
         n = batch["image"].shape[0]
         self.log("val/mse", self._loss(batch["image"], batch), batch_size=n, sync_dist=True)
         target = self._select(batch["identity"], batch["attributes"])
