@@ -376,7 +376,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             "recon": self.recon_loss(swap, batch["target"], batch["same_identity"]),
             "fm": self.fm_loss(fake_feats, real_feats),
         }
-        if self.shape_net is not None:
+        if self.shape_net is not None and h.shape_weight:
             terms["shape"] = self._shape_term(swap, batch)
         if len(self.components):
             crops = crop_components(swap, self._landmarks(batch))
@@ -385,13 +385,16 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
                 terms[f"g_{name}"] = weight * generator_adversarial_loss(d(crops[name]))
         return terms
 
-    def _shape_term(self, swap: Tensor, batch: dict[str, Any]) -> Tensor:
-        """λ_shape · L1(recon(swap), (shape of the source, pose / expression of the target))."""
+    def _shape_term(self, swap: Tensor, batch: dict[str, Any], loss: ShapeLoss | None = None) -> Tensor:
+        """λ_shape · L1(recon(swap), (shape of the source, pose / expression of the target)).
+
+        ``loss``: another weighting than ``shape_weight`` (validation reports the unweighted error).
+        """
         net = self.shape_net
         with torch.no_grad():
             src_shape, _ = net.standardised(batch["source"])
             _, tgt_kept = net.standardised(batch["target"])
-        return self.shape_loss(*net.standardised(swap), src_shape, tgt_kept)
+        return (loss or self.shape_loss)(*net.standardised(swap), src_shape, tgt_kept)
 
     def _identity_view(self, swap: Tensor) -> Tensor:
         """The swap as the identity loss sees it: randomly shifted / scaled by up to ``id_jitter``."""
@@ -545,7 +548,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.val_scores.update(swaps, batch)
         if self.shape_net is not None:  # the training shape network's reading, beside the judge's
             with torch.no_grad():
-                err = self._shape_term(swaps, batch) / max(self.hparams.shape_weight, 1e-12)
+                err = self._shape_term(swaps, batch, ShapeLoss(1.0))
             self.log("val/shape_error", err, batch_size=swaps.shape[0])
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])
