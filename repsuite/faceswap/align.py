@@ -86,6 +86,19 @@ def warp_affine(image: Tensor, matrix: Tensor, size: tuple[int, int], mode: str 
     return out.to(image.dtype)
 
 
+def faces_at(faces: Tensor, size: int, who: str) -> Tensor:
+    """Aligned faces (B, 3, S, S) resized (antialiased) to (B, 3, size, size) for a network reading them.
+
+    Raises:
+        ValueError: ``faces`` is not (B, 3, S, S); the message names ``who`` needed them.
+    """
+    if faces.ndim != 4 or faces.shape[1] != 3:
+        raise ValueError(f"{who}: expected faces (B, 3, S, S), got {tuple(faces.shape)}")
+    if faces.shape[-2:] == (size, size):
+        return faces
+    return F.interpolate(faces, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
 def to_arcface_input(
     faces: Tensor, landmarks: Tensor | None = None, size: int = 112, zoom: float = 1.0
 ) -> Tensor:

@@ -24,6 +24,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from repsuite.checkpoints import check_keys, read_module_weights
+from repsuite.faceswap.align import faces_at
 
 __all__ = ["EXPRESSION_SLICE", "POSE_SLICE", "FaceJudge", "FaceJudgeConfig", "JudgeView", "load_judge"]
 
@@ -118,13 +119,7 @@ class FaceJudge(nn.Module):
 
     def standardised(self, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, S, S) in [-1, 1] -> standardised identity (B, identity_dim), attributes (B, attr_dim)."""
-        if faces.ndim != 4 or faces.shape[1] != 3:
-            raise ValueError(f"FaceJudge: expected faces (B, 3, S, S), got {tuple(faces.shape)}")
-        size = self.cfg.input_size
-        if faces.shape[-2:] != (size, size):
-            faces = F.interpolate(
-                faces, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
+        faces = faces_at(faces, self.cfg.input_size, "FaceJudge")
         feat = self.stages(faces)  # (B, C, size/16, size/16)
         out = self.head(rearrange(feat, "b c h w -> b (c h w)"))  # (B, identity_dim + attribute_dim)
         ident, attrs = out[:, : self.cfg.identity_dim], out[:, self.cfg.identity_dim :]

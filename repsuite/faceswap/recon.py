@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from repsuite.checkpoints import check_keys, read_module_weights
+from repsuite.faceswap.align import faces_at
 
 __all__ = ["KEPT_FIELDS", "SHAPE_FIELDS", "FaceRecon", "FaceReconConfig", "load_face_recon"]
 
@@ -94,14 +94,7 @@ class FaceRecon(nn.Module):
 
     def standardised(self, faces: Tensor) -> tuple[Tensor, Tensor]:
         """(B, 3, S, S) in [-1, 1] -> standardised shape (B, n_shape), pose/expression (B, n_kept)."""
-        if faces.ndim != 4 or faces.shape[1] != 3:
-            raise ValueError(f"FaceRecon: expected faces (B, 3, S, S), got {tuple(faces.shape)}")
-        size = self.cfg.input_size
-        if faces.shape[-2:] != (size, size):
-            faces = F.interpolate(
-                faces, size=(size, size), mode="bilinear", align_corners=False, antialias=True
-            )
-        out = self.backbone(faces)  # (B, n_shape + n_kept)
+        out = self.backbone(faces_at(faces, self.cfg.input_size, "FaceRecon"))  # (B, n_shape + n_kept)
         k = len(self.cfg.shape_fields)
         return out[:, :k], out[:, k:]
 
