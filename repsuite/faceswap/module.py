@@ -320,17 +320,21 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         """The generator used for validation and export (the EMA copy when kept)."""
         return self.generator_ema.module if self.generator_ema is not None else self.generator
 
-    def identity_vector(self, sources: Tensor, embedding: Tensor | None = None) -> Tensor:
+    def identity_vector(
+        self, sources: Tensor, embedding: Tensor | None = None, shape: Tensor | None = None
+    ) -> Tensor:
         """What the generator is told about each source face (B, 3, S, S): (B, id_dim).
 
         The identity encoders' embedding, and with ``shape_input`` the source's standardised shape
         coefficients after it (scaled by 1/√n so they weigh about as much as one unit ArcFace embedding).
-        ``embedding``: the encoders' embedding of ``sources`` when already computed.
+        ``embedding`` / ``shape``: the encoders' embedding and the shape network's standardised shape
+        coefficients (B, n_shape) of ``sources`` when already computed.
         """
         emb = self.embedder(sources) if embedding is None else embedding
         if not self._shape_dim():
             return emb
-        shape, _ = self.shape_net.standardised(sources)  # (B, n_shape)
+        if shape is None:
+            shape, _ = self.shape_net.standardised(sources)  # (B, n_shape)
         unit = F.normalize(emb.float(), dim=-1)
         return torch.cat([unit, shape.float() / shape.shape[1] ** 0.5], dim=-1).to(emb.dtype)
 
@@ -364,8 +368,17 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.components.requires_grad_(flag)
 
     # ------------------------------------------------------------------------------------------- training
-    def generator_losses(self, batch: dict[str, Any], swap: Tensor, id_src: Tensor) -> dict[str, Tensor]:
-        """Every generator term (weighted), for one batch of swaps."""
+    def generator_losses(
+        self,
+        batch: dict[str, Any],
+        swap: Tensor,
+        id_src: Tensor,
+        shape_readings: tuple[Tensor, Tensor] | None = None,
+    ) -> dict[str, Tensor]:
+        """Every generator term (weighted), for one batch of swaps.
+
+        ``shape_readings``: :meth:`_shape_readings` of the batch when already computed.
+        """
         h = self.hparams
         logits, fake_feats = self.discriminator(swap, return_features=True)
         with torch.no_grad():
@@ -377,7 +390,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             "fm": self.fm_loss(fake_feats, real_feats),
         }
         if self.shape_net is not None and h.shape_weight:
-            terms["shape"] = self._shape_term(swap, batch)
+            terms["shape"] = self._shape_term(swap, shape_readings or self._shape_readings(batch))
         if len(self.components):
             crops = crop_components(swap, self._landmarks(batch))
             for name, d in self.components.items():
@@ -385,16 +398,26 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
                 terms[f"g_{name}"] = weight * generator_adversarial_loss(d(crops[name]))
         return terms
 
-    def _shape_term(self, swap: Tensor, batch: dict[str, Any], loss: ShapeLoss | None = None) -> Tensor:
+    @torch.no_grad()
+    def _shape_readings(self, batch: dict[str, Any]) -> tuple[Tensor, Tensor]:
+        """What the swaps' reconstructions must match (standardised, no gradient).
+
+        The shape network's reading of the sources' shape (B, n_shape) and of the targets' pose and
+        expression (B, n_kept).
+        """
+        src_shape, _ = self.shape_net.standardised(batch["source"])
+        _, tgt_kept = self.shape_net.standardised(batch["target"])
+        return src_shape, tgt_kept
+
+    def _shape_term(
+        self, swap: Tensor, readings: tuple[Tensor, Tensor], loss: ShapeLoss | None = None
+    ) -> Tensor:
         """λ_shape · L1(recon(swap), (shape of the source, pose / expression of the target)).
 
-        ``loss``: another weighting than ``shape_weight`` (validation reports the unweighted error).
+        ``readings``: :meth:`_shape_readings` of the batch. ``loss``: another weighting than ``shape_weight``
+        (validation reports the unweighted error).
         """
-        net = self.shape_net
-        with torch.no_grad():
-            src_shape, _ = net.standardised(batch["source"])
-            _, tgt_kept = net.standardised(batch["target"])
-        return (loss or self.shape_loss)(*net.standardised(swap), src_shape, tgt_kept)
+        return (loss or self.shape_loss)(*self.shape_net.standardised(swap), *readings)
 
     def _identity_view(self, swap: Tensor) -> Tensor:
         """The swap as the identity loss sees it: randomly shifted / scaled by up to ``id_jitter``."""
@@ -429,12 +452,17 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         h = self.hparams
         opt_g, opt_d = self.optimizers()
         r1 = h.r1_weight > 0 and self.iteration % h.r1_every == 0
+        # the sources' shape is read once: for the generator's input and for the shape loss
+        readings = self._shape_readings(batch) if self.shape_net is not None else None
+        src_shape = None if readings is None else readings[0]
         with torch.no_grad():
             id_src = self.embedder(batch["source"])
-            condition = self.identity_vector(batch["source"], id_src)
+            condition = self.identity_vector(batch["source"], id_src, src_shape)
         swap = self.generator(batch["target"], condition)
         self._set_d_grad(False)
-        g_terms = self.generator_losses(batch, swap, id_src)
+        # passed only when there is one, so overrides of the three-argument form keep working without it
+        extra = {} if readings is None else {"shape_readings": readings}
+        g_terms = self.generator_losses(batch, swap, id_src, **extra)
         loss_g = sum(g_terms.values())
         g_ok = self._guarded_step(opt_g, loss_g, "generator")
         self._set_d_grad(True)
@@ -548,7 +576,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.val_scores.update(swaps, batch)
         if self.shape_net is not None:  # the training shape network's reading, beside the judge's
             with torch.no_grad():
-                err = self._shape_term(swaps, batch, ShapeLoss(1.0))
+                err = self._shape_term(swaps, self._shape_readings(batch), ShapeLoss(1.0))
             self.log("val/shape_error", err, batch_size=swaps.shape[0])
         if batch_idx == 0:
             self._grid = self.swap_grid(batch["source"], batch["target"])

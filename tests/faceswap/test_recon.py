@@ -119,9 +119,10 @@ def test_swapper_trains_with_shape_aware_identity_and_reloads_it(faces, recon, t
     # the shape loss reaches the generator
     module.generator.zero_grad()
     swap = module.generator(batch["target"], vec)
-    weighted = module._shape_term(swap, batch)
+    readings = module._shape_readings(batch)
+    weighted = module._shape_term(swap, readings)
     # validation reports the unweighted error, whatever shape_weight is
-    torch.testing.assert_close(module._shape_term(swap, batch, ShapeLoss(1.0)), weighted / 5)
+    torch.testing.assert_close(module._shape_term(swap, readings, ShapeLoss(1.0)), weighted / 5)
     weighted.backward()
     grads = [p.grad.abs().sum() for p in module.generator.parameters() if p.grad is not None]
     assert grads and sum(grads) > 0
