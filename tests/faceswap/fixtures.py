@@ -52,7 +52,8 @@ def faces(tmp_path_factory):
         ffhq_images=4,
         eval_identities=3,
         eval_pairs=4,
-        judge_images=48, recon_images=0,
+        judge_images=48,
+        recon_images=0,
     )
     return write_synthetic_faces(root, spec)
 

@@ -22,7 +22,8 @@ def test_layouts_and_ground_truth(tmp_path):
         ffhq_images=3,
         eval_identities=3,
         eval_pairs=4,
-        judge_images=6, recon_images=6,
+        judge_images=6,
+        recon_images=6,
     )
     root = write_synthetic_faces(tmp_path, spec)
     folders = sorted(p.name for p in (root / "vggface2_hq").iterdir() if p.is_dir())
