@@ -18,6 +18,7 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from repsuite.faceswap.align import to_arcface_input
 from repsuite.faceswap.arcface import ArcMarginHead, iresnet
+from repsuite.optim import adam_kwargs
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["IdentityModule"]
@@ -155,6 +156,7 @@ class IdentityModule(ExactResumeMixin, LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW on the backbone and the head."""
+        params = list(self.parameters())
         return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, **adam_kwargs(params)
         )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 
 from repsuite.faceswap.judge import EXPRESSION_SLICE, POSE_SLICE, FaceJudge, FaceJudgeConfig
+from repsuite.optim import adam_kwargs
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["FaceJudgeModule"]
@@ -98,7 +99,10 @@ class FaceJudgeModule(ExactResumeMixin, LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a cosine decay over the whole run."""
-        opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        params = list(self.parameters())
+        opt = torch.optim.AdamW(
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, **adam_kwargs(params)
+        )
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -15,6 +15,7 @@ from lightning.pytorch import LightningModule
 from torch import Tensor
 
 from repsuite.faceswap.recon import KEPT_FIELDS, SHAPE_FIELDS, FaceRecon, FaceReconConfig
+from repsuite.optim import adam_kwargs
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["FaceReconModule"]
@@ -116,7 +117,8 @@ class FaceReconModule(ExactResumeMixin, LightningModule):
     def configure_optimizers(self) -> dict[str, Any]:
         """AdamW with a cosine decay over the whole run."""
         h = self.hparams
-        opt = torch.optim.AdamW(self.parameters(), lr=h.lr, weight_decay=h.weight_decay)
+        params = list(self.parameters())
+        opt = torch.optim.AdamW(params, lr=h.lr, weight_decay=h.weight_decay, **adam_kwargs(params))
         steps = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -15,6 +15,7 @@ from repsuite.nlq.decoding import joint_topk, merge_candidates, ranked_windows
 from repsuite.nlq.losses import NLQLoss
 from repsuite.nlq.metrics import NLQRecall
 from repsuite.nlq.model import NLQModel, NLQModelConfig, NLQOutput
+from repsuite.optim import adam_kwargs
 from repsuite.resume import ExactResumeMixin
 
 __all__ = ["NLQModule"]
@@ -307,6 +308,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """AdamW on all parameters (lr 1e-4, weight decay 1e-4 in the thesis recipe)."""
+        params = list(self.parameters())
         return torch.optim.AdamW(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+            params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay, **adam_kwargs(params)
         )

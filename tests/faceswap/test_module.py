@@ -52,11 +52,14 @@ class NaNOnStep(FaceSwapModule):
     """Makes the generator loss non-finite on chosen iterations (``nan_steps``, counted from 0)."""
 
     nan_steps: tuple[int, ...] = ()
+    nan_grad_steps: tuple[int, ...] = ()  # a finite loss (0) whose gradient is NaN: sqrt'(0) · abs'(0)
 
     def generator_losses(self, batch, swap, id_src):
         terms = super().generator_losses(batch, swap, id_src)
         if self.iteration in self.nan_steps:
             terms["id"] = terms["id"] * float("nan")
+        if self.iteration in self.nan_grad_steps:
+            terms["bad_grad"] = (swap - swap.detach()).abs().sqrt().sum()
         return terms
 
 
@@ -153,6 +156,17 @@ def test_non_finite_steps_are_skipped_counted_and_stop_a_diverged_run(faces, tmp
     assert float(trainer.callback_metrics["train/skipped_steps"]) == 1  # the G step; D saw a finite swap
     after_skip = before[2]
     for a, b in zip(before[1], after_skip, strict=True):  # the skipped step left the generator unchanged
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(torch.isfinite(p).all() for p in module.parameters())
+    # a finite loss with a non-finite gradient: caught after backward, before the optimizer steps
+    torch.manual_seed(0)
+    module = NaNOnStep(**TINY_KW, max_skipped_steps=3)
+    module.nan_grad_steps = (1,)
+    before.clear()
+    trainer = _fit_module(module, faces, tmp_path, steps=3, callbacks=[Snapshot()])
+    assert float(trainer.callback_metrics["train/skipped_steps"]) == 1
+    assert float(trainer.callback_metrics["train/bad_grad"]) == 0
+    for a, b in zip(before[1], before[2], strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert all(torch.isfinite(p).all() for p in module.parameters())
     diverging = NaNOnStep(**TINY_KW, max_skipped_steps=3)
