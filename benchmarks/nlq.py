@@ -17,7 +17,9 @@ encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ pos
   ``max_video_len=6750`` (the joint start×end matrix alone is 6,750² probabilities);
 * the hour-long query again with the former decoder (``decoder="dense"``: the whole start × end matrix,
   ``repsuite.nlq.decoding.joint_topk_dense``) next to today's (only the starts that can hold a top-k pair,
-  memory linear in L), and the two decoders alone on that query's logits.
+  memory linear in L), and the two decoders alone on that query's logits;
+* the training step again with the former dropout (``F.dropout``'s per-element ``bernoulli_`` and SDPA's own
+  attention dropout) next to today's (:func:`repsuite.ops.dropout`, whose CPU mask costs a fraction).
 """
 
 from __future__ import annotations
@@ -27,10 +29,13 @@ import gc
 import json
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -50,11 +55,13 @@ class Case:
     video_len: int
     text_len: int
     decoder: str = "pruned"  # "dense": the former L × L decoder, for the before / after comparison
+    dropout: str = "repsuite"  # "torch": the former F.dropout / SDPA-internal dropout, for before / after
 
 
 def cases(quick: bool) -> list[Case]:
     b, lv, lt, long = (4, 128, 16, 1024) if quick else (32, 600, 32, 6750)
     out = [Case(f"train_{a}", "train", a, b, lv, lt) for a in ("cross", "self")]
+    out += [Case("train_cross_torchdropout", "train", "cross", b, lv, lt, dropout="torch")]
     for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
         out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
     out += [Case(f"infer{long}_cross_dense", "infer", "cross", 1, long, lt, "dense")]
@@ -97,6 +104,26 @@ def build(case: Case, device: torch.device) -> tuple[NLQModule, dict, torch.opti
     return module, batch, None
 
 
+@contextmanager
+def former_dropout(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, the former dropout: ``F.dropout`` and SDPA's own attention dropout (bernoulli_)."""
+    if not enabled:
+        yield
+        return
+    import repsuite.ops.attention as attention
+    import repsuite.ops.drop as dropout
+
+    saved = dropout.dropout, attention._fast
+    dropout.dropout = dropout.dropout_reference
+    attention._fast = lambda q, k, v, mask, p: F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, dropout_p=p
+    )
+    try:
+        yield
+    finally:
+        dropout.dropout, attention._fast = saved
+
+
 def runner(case: Case, device: torch.device):
     module, batch, opt = build(case, device)
     if case.kind == "train":
@@ -104,9 +131,10 @@ def runner(case: Case, device: torch.device):
 
         def run() -> None:
             k = scales[int(torch.randint(len(scales), ()))]
-            terms = module.criterion(module._forward(batch, k), batch)
-            opt.zero_grad(set_to_none=True)
-            terms["loss"].backward()
+            with former_dropout(case.dropout == "torch"):
+                terms = module.criterion(module._forward(batch, k), batch)
+                opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 0.1)
             opt.step()
 
@@ -187,6 +215,9 @@ def main() -> None:
                                                                          f"infer{long}_cross"),
         f"decoder alone ({long} bins): dense / pruned time": (f"decode{long}_dense", f"decode{long}_pruned"),
     }  # fmt: skip
+    ratios["training step: former dropout / today's time"] = round(
+        by["train_cross_torchdropout"]["seconds"] / by["train_cross"]["seconds"], 2
+    )
     for label, (dense, pruned) in pairs.items():
         ratios[label] = round(by[dense]["seconds"] / by[pruned]["seconds"], 2)
         if by[dense]["peak_bytes"] and by[pruned]["peak_bytes"]:

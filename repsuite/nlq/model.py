@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from repsuite.ops import MultiHeadCrossAttention
+from repsuite.ops import Dropout, MultiHeadCrossAttention
 
 __all__ = ["NLQModel", "NLQModelConfig", "NLQOutput"]
 
@@ -153,8 +153,8 @@ class InputProjection(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, dropout: float) -> None:
         super().__init__()
         self.net = nn.Sequential(
-            nn.LayerNorm(in_dim), nn.Dropout(dropout), nn.Linear(in_dim, out_dim), nn.ReLU(),
-            nn.LayerNorm(out_dim), nn.Dropout(dropout), nn.Linear(out_dim, out_dim),
+            nn.LayerNorm(in_dim), Dropout(dropout), nn.Linear(in_dim, out_dim), nn.ReLU(),
+            nn.LayerNorm(out_dim), Dropout(dropout), nn.Linear(out_dim, out_dim),
         )  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
@@ -167,10 +167,8 @@ class FeedForward(nn.Module):
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
-        )
-        self.drop = nn.Dropout(dropout)
+        self.net = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), Dropout(dropout), nn.Linear(hidden, dim))
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -184,7 +182,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
         self.attn = MultiHeadCrossAttention(dim, heads, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: Tensor, context: Tensor, context_padding: Tensor | None) -> Tensor:
@@ -265,7 +263,7 @@ class ConvBlock(nn.Module):
         self.norm = nn.LayerNorm(dim)
         self.depthwise = nn.Conv1d(dim, dim, kernel, padding=kernel // 2, groups=dim)
         self.pointwise = nn.Conv1d(dim, dim, 1)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         """(B, L, D) -> (B, L, D); padded bins are zeroed before the convolution."""

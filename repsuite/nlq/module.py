@@ -62,7 +62,8 @@ class NLQModule(ExactResumeMixin, LightningModule):
         nms_iou: temporal NMS threshold when pooling scales (0.5): the top-k are distinct answers. None is
             the author's release (plain pooling by score; its five windows are often near-copies of one).
         candidates_per_scale: (start, end) pairs each scale proposes before pooling (default: 4·top_k with
-            NMS, so enough survive it; top_k without, as the release).
+            NMS, so enough survive it, top_k being at least the module's, so asking for fewer answers
+            returns the first of the same list; top_k without, as the release).
         init_from: an NLQModule checkpoint whose network weights start this run (weights only: no optimizer
             state, step count or hyper-parameters), e.g. the NaQ pre-training before fine-tuning on NLQ
             (``configs/nlq/naq_finetune.yaml``). Not applied when resuming with ``--ckpt_path``.
@@ -231,7 +232,9 @@ class NLQModule(ExactResumeMixin, LightningModule):
         """
         h = self.hparams
         top_k = top_k or h.top_k
-        per_scale = h.candidates_per_scale or (4 * top_k if h.nms_iou is not None else top_k)
+        # with NMS the pool must not shrink with top_k: a smaller pool can lose a candidate that the
+        # suppression of its near-copies would have promoted, and top_k=3 would not be top_k=5's first three
+        per_scale = h.candidates_per_scale or (4 * max(top_k, h.top_k) if h.nms_iou is not None else top_k)
         cands, scores = [], []
         for k in list(h.inference_scales or h.scales):
             out = outputs[k] if outputs and k in outputs else self._forward(batch, k)

@@ -1,4 +1,4 @@
-"""Kernels shared by the tasks: video↔text attention and StyleGAN2 modulated convolution.
+"""Kernels shared by the tasks: video↔text attention, StyleGAN2 modulated convolution, dropout.
 
 Pure torch + einops. Every op has a fast path and a plain reference path; the reference paths are forced
 with ``REPSUITE_REFERENCE_OPS=1`` or :func:`reference_ops`.
@@ -11,6 +11,7 @@ from repsuite.ops.attention import (
     multi_head_attention_reference,
 )
 from repsuite.ops.config import reference_ops, set_reference_ops, use_reference_ops
+from repsuite.ops.drop import Dropout, dropout, dropout_reference, quantised_drop_probability
 from repsuite.ops.modconv import (
     choose_formulation,
     fused_leaky_relu,
@@ -20,15 +21,19 @@ from repsuite.ops.modconv import (
 )
 
 __all__ = [
+    "Dropout",
     "MultiHeadCrossAttention",
     "auto_query_chunk_size",
     "choose_formulation",
+    "dropout",
+    "dropout_reference",
     "fused_leaky_relu",
     "fused_leaky_relu_reference",
     "modulated_conv2d",
     "modulated_conv2d_reference",
     "multi_head_attention",
     "multi_head_attention_reference",
+    "quantised_drop_probability",
     "reference_ops",
     "set_reference_ops",
     "use_reference_ops",

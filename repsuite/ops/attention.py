@@ -15,6 +15,7 @@ into query chunks so the per-call score buffer stays under a fixed budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from repsuite.ops.config import use_reference_ops
+from repsuite.ops.drop import dropout
 
 __all__ = [
     "MultiHeadCrossAttention",
@@ -112,10 +114,22 @@ def _valid_and_keep(key_padding_mask: Tensor | None, q: Tensor) -> tuple[Tensor 
 
 
 def _fast(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
+    if dropout_p > 0.0 and q.device.type == "cpu":
+        # SDPA's CPU kernels take no dropout, so it falls back to its math path, which materialises the
+        # scores anyway and draws its mask with bernoulli_ (most of the NLQ span encoder's time at 600 bins):
+        # the same maths here with repsuite.ops.dropout's cheaper mask.
+        return _explicit(q, k, v, attn_mask, dropout_p, dropout)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
 def _reference(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
+    return _explicit(q, k, v, attn_mask, dropout_p, F.dropout)
+
+
+def _explicit(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float, drop: Callable[..., Tensor]
+) -> Tensor:
+    """softmax(Q Kᵀ / √d) V with the scores materialised; ``drop(weights, p)`` applies the dropout."""
     scale = 1.0 / math.sqrt(q.shape[-1])
     softmax_dtype = torch.promote_types(q.dtype, torch.float32)  # fp32 softmax for half types
     scores = torch.einsum("bhqd,bhkd->bhqk", q, k).to(softmax_dtype) * scale  # (B, H, Lq, Lk)
@@ -123,7 +137,7 @@ def _reference(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropou
         scores = scores.masked_fill(~attn_mask, float("-inf"))
     weights = scores.softmax(dim=-1).to(q.dtype)
     if dropout_p > 0.0:
-        weights = F.dropout(weights, p=dropout_p)
+        weights = drop(weights, dropout_p)
     return torch.einsum("bhqk,bhkd->bhqd", weights, v)  # (B, H, Lq, Dv)
 
 
