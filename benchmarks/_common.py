@@ -42,6 +42,27 @@ def median_seconds(run: Callable[[], None], device: torch.device, reps: int) -> 
     return statistics.median(times)
 
 
+def abba_seconds(
+    run_a: Callable[[], None], run_b: Callable[[], None], device: torch.device, reps: int, warmup: int = 2
+) -> tuple[float, float]:
+    """Median wall times of two paths timed in A B B A order after ``warmup`` calls of each.
+
+    For before / after comparisons: interleaving cancels drift (allocator growth, thermal state, other
+    load) that timing one path after the other would charge to whichever ran first.
+    """
+    for _ in range(warmup):
+        run_a(), run_b()
+    sync(device)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for r in range(reps):
+        for which in (0, 1) if r % 2 == 0 else (1, 0):
+            t0 = time.perf_counter()
+            (run_a if which == 0 else run_b)()
+            sync(device)
+            times[which].append(time.perf_counter() - t0)
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
 def peak_after_warmup(run: Callable[[], None], device: torch.device) -> int:
     """Peak bytes above the resting footprint of one ``run`` call, measured after a warm-up call."""
     run()

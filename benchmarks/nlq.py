@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
+from benchmarks._common import abba_seconds, fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
 from repsuite.nlq import NLQModule
 from repsuite.nlq.data import NLQSample, collate_nlq
 
@@ -128,9 +128,10 @@ def runner(case: Case, device: torch.device):
     module, batch, opt = build(case, device)
     if case.kind == "train":
         scales = list(module.hparams.scales)
+        draws = torch.Generator().manual_seed(1)  # every training case sees the same sequence of K
 
         def run() -> None:
-            k = scales[int(torch.randint(len(scales), ()))]
+            k = scales[int(torch.randint(len(scales), (), generator=draws))]
             with former_dropout(case.dropout == "torch"):
                 terms = module.criterion(module._forward(batch, k), batch)
                 opt.zero_grad(set_to_none=True)
@@ -184,8 +185,15 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = []
-    for case in cases(args.quick):
-        secs = median_seconds(runner(case, device), device, reps)
+    todo = cases(args.quick)
+    former = next(c for c in todo if c.dropout == "torch")
+    today = next(c for c in todo if c.name == "train_cross")
+    # the dropout before / after pair is timed interleaved (ABBA), each path seeing the same K sequence
+    t_today, t_former = abba_seconds(runner(today, device), runner(former, device), device, max(reps, 4))
+    paired = {today.name: t_today, former.name: t_former}
+    for case in todo:
+        timed = paired.get(case.name)
+        secs = timed if timed is not None else median_seconds(runner(case, device), device, reps)
         gc.collect()
         if args.no_memory:
             mem = None
