@@ -45,12 +45,12 @@ def dropout_reference(x: Tensor, p: float = 0.5, training: bool = True) -> Tenso
     return F.dropout(x, p, training)
 
 
-def _keep_mask(x: Tensor, p: float) -> Tensor:
-    """(x.shape) bool, each element True with probability 1 − quantised(p)."""
+def _keep_mask(x: Tensor, q: float) -> Tensor:
+    """(x.shape) bool, each element True with probability 1 − q (q: :func:`quantised_drop_probability`)."""
     n = x.numel()
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
     bits = bits.view(torch.int16)[:n].view(x.shape)  # uniform over [-2^15, 2^15)
-    return bits >= -(2**15) + round(p * _LEVELS)
+    return bits >= -(2**15) + int(q * _LEVELS)  # q · 2^16 is an integer already
 
 
 class _MaskedScale(torch.autograd.Function):
@@ -84,7 +84,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if q == 1.0:
         return F.dropout(x, 1.0, training)
-    return _MaskedScale.apply(x, _keep_mask(x, p), 1.0 / (1.0 - q))
+    return _MaskedScale.apply(x, _keep_mask(x, q), 1.0 / (1.0 - q))
 
 
 class Dropout(nn.Dropout):
