@@ -98,15 +98,26 @@ class ShapeLoss(nn.Module):
 
     HifiFace (Wang et al., IJCAI 2021, Eq. 6) compares 3D landmarks of the fused and the swap's 3DMM
     reconstructions; without a 3DMM basis the standardised coefficients are compared directly.
+
+    Args:
+        weight: λ_shape, the scale of the whole term.
+        kept_weight: weight of each pose / expression coefficient relative to a shape coefficient in the
+            weighted mean (1: a plain mean over all coefficients). The mean stays normalised, so raising it
+            moves the pull from the source's shape towards the target's pose without changing λ_shape.
     """
 
-    def __init__(self, weight: float = 10.0) -> None:
+    def __init__(self, weight: float = 10.0, kept_weight: float = 1.0) -> None:
         super().__init__()
+        if kept_weight <= 0:
+            raise ValueError(f"ShapeLoss: kept_weight must be > 0, got {kept_weight}")
         self.weight = weight
+        self.kept_weight = kept_weight
 
     def forward(
         self, swap_shape: Tensor, swap_kept: Tensor, source_shape: Tensor, target_kept: Tensor
     ) -> Tensor:
         """Coefficients (B, n_shape) of swap / source, (B, n_kept) of swap / target -> weighted scalar."""
-        fused = torch.cat([source_shape, target_kept], dim=1).detach().float()  # (B, n_shape + n_kept)
-        return self.weight * F.l1_loss(torch.cat([swap_shape, swap_kept], dim=1).float(), fused)
+        shape_err = (swap_shape.float() - source_shape.detach().float()).abs().sum(dim=1)  # (B,)
+        kept_err = (swap_kept.float() - target_kept.detach().float()).abs().sum(dim=1)  # (B,)
+        total = swap_shape.shape[1] + self.kept_weight * swap_kept.shape[1]
+        return self.weight * (shape_err + self.kept_weight * kept_err).mean() / total

@@ -73,6 +73,8 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             checkpoint (``shape_input`` needs it to embed sources); validation logs its reading of the
             swaps as ``val/shape_error`` (standardised L1 to the fused coefficients).
         shape_weight: λ_shape of the shape loss (L1 on standardised coefficients).
+        shape_kept_weight: weight of each pose / expression coefficient against a shape coefficient inside
+            the shape loss's (normalised) mean; above 1 the swap is held closer to the target's pose.
         shape_input: append the source's standardised shape coefficients to the identity vector the
             generator is conditioned on (HifiFace's v_sid = ArcFace identity ‖ 3D shape coefficients).
         shape_arch: the shape network's architecture (read from ``shape_ckpt``; checkpoints record it).
@@ -120,6 +122,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         id_judge_ckpt: str | None = None,
         shape_ckpt: str | None = None,
         shape_weight: float = 10.0,
+        shape_kept_weight: float = 1.0,
         shape_input: bool = True,
         shape_arch: dict[str, Any] | None = None,
         channel_multiplier: float = 1,
@@ -176,7 +179,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         self.id_loss = IdentityLoss(id_weight)
         self.recon_loss = ReconstructionLoss(recon_weight)
         self.fm_loss = WeakFeatureMatchingLoss(fm_weight, fm_layers)
-        self.shape_loss = ShapeLoss(shape_weight)
+        self.shape_loss = ShapeLoss(shape_weight, shape_kept_weight)
         self.judge = self._build_judge(_arch_only)
         self.val_scores = SwapScores(self.embedder, self.judge, judge_baselines=False)
         self._grid: Tensor | None = None
