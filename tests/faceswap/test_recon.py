@@ -180,12 +180,16 @@ def test_shape_loss_kept_weight_moves_the_pull_to_the_pose_at_the_same_scale():
     swap_shape = src_shape.clone().requires_grad_(True)
     swap_kept = torch.zeros(4, 4, requires_grad=True)
     # only the kept part is off: its share of the normalised mean is 4 / 13 plain, 12 / 21 weighted
-    torch.testing.assert_close(plain(swap_shape, swap_kept, src_shape, tgt_kept), tgt_kept.abs().sum() / (4 * 13))
+    torch.testing.assert_close(
+        plain(swap_shape, swap_kept, src_shape, tgt_kept), tgt_kept.abs().sum() / (4 * 13)
+    )
     value = posed(swap_shape, swap_kept, src_shape, tgt_kept)
     torch.testing.assert_close(value, 3.0 * tgt_kept.abs().sum() / (4 * 21))
     # equal errors everywhere give the same value at any kept_weight: the scale is λ_shape's alone
     ones_s, ones_k = torch.ones(4, 9), torch.ones(4, 4)
     zeros_s, zeros_k = torch.zeros(4, 9), torch.zeros(4, 4)
-    torch.testing.assert_close(posed(ones_s, ones_k, zeros_s, zeros_k), plain(ones_s, ones_k, zeros_s, zeros_k))
+    torch.testing.assert_close(
+        posed(ones_s, ones_k, zeros_s, zeros_k), plain(ones_s, ones_k, zeros_s, zeros_k)
+    )
     with pytest.raises(ValueError, match="kept_weight"):
         ShapeLoss(kept_weight=0.0)
