@@ -12,11 +12,20 @@ W+, CS-SFT into a channel-multiplier-1 StyleGAN2 prior (frozen, as in the recipe
   benchmarks/_common.py;
 * inference = generator forward without gradients in eval mode (stored noise), B = 4, in images/s.
 The identity embedding is a fixed random vector: ArcFace's cost is not part of the generator.
+
+Then, per size, inference paths timed side by side (A B B A, ``--reps`` each, same inputs, B = 4 targets of
+one source, as when swapping a video or a folder):
+* general: ``G(target, id)`` with the ID Modulation Blocks modulating per sample;
+* fixed: ``G.fixed_source(id)(target)``, the identity folded into plain convolution weights once (the fold is
+  outside the timing: it is done once per source);
+* fixed bf16: the same under bf16 autocast with channels-last tensors (``FaceSwapper(precision=
+  "bf16-mixed")``; on CPUs with AMX and on GPUs with tensor cores); its largest difference to fp32 is printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import gc
 import json
 import platform
@@ -25,11 +34,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks._common import fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
-from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig
+from benchmarks._common import abba_seconds, fmt_bytes, median_seconds, peak_after_warmup, probe_in_subprocess
+from repsuite.faceswap.model import FaceSwapGenerator, FaceSwapGeneratorConfig, to_channels_last
 
 
 @dataclass
@@ -39,6 +49,54 @@ class Case:
     size: int
     batch: int
     narrow: float
+
+
+def inference_paths(size: int, narrow: float, device: torch.device):
+    """Runners of the general, fixed-source and fixed-source bf16 inference paths on the same inputs."""
+    torch.manual_seed(0)
+    cfg = FaceSwapGeneratorConfig(out_size=size, narrow=narrow, channel_multiplier=1)
+    gen = FaceSwapGenerator(cfg).to(device).eval()
+    x = torch.rand(4, 3, size, size, device=device) * 2 - 1
+    ident = torch.randn(1, 512, device=device)
+    with torch.no_grad():
+        fixed = gen.fixed_source(ident)
+        fixed_cl = to_channels_last(copy.deepcopy(gen)).fixed_source(ident)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    ids = ident.expand(4, -1)
+
+    @torch.no_grad()
+    def general() -> Tensor:
+        return gen(x, ids)
+
+    @torch.no_grad()
+    def folded() -> Tensor:
+        return fixed(x)
+
+    @torch.no_grad()
+    def folded_bf16() -> Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return fixed_cl(x_cl)
+
+    return general, folded, folded_bf16
+
+
+def compare_inference(size: int, narrow: float, device: torch.device, reps: int) -> dict:
+    """Time the inference paths side by side (A B B A against the general path); print and return them."""
+    general, folded, folded_bf16 = inference_paths(size, narrow, device)
+    ref = general()
+    err_fixed = (folded() - ref).abs().max().item()
+    err_bf16 = (folded_bf16().float() - ref).abs().max().item()
+    t_gen, t_fixed = abba_seconds(general, folded, device, reps)
+    t_gen2, t_bf16 = abba_seconds(general, folded_bf16, device, reps)
+    print(
+        f"{size:>4} px  general {t_gen * 1e3:7.0f} ms   fixed {t_fixed * 1e3:7.0f} ms "
+        f"({t_gen / t_fixed:4.2f}x, max |diff| {err_fixed:.1e})   fixed bf16 {t_bf16 * 1e3:7.0f} ms "
+        f"({t_gen2 / t_bf16:4.2f}x, max |diff| {err_bf16:.2f})",
+        flush=True,
+    )
+    return {"size": size, "general_s": t_gen, "fixed_s": t_fixed, "general_s_2": t_gen2,
+            "fixed_bf16_s": t_bf16, "fixed_max_abs_diff": err_fixed,
+            "fixed_bf16_max_abs_diff": err_bf16}  # fmt: skip
 
 
 def cases(quick: bool) -> list[Case]:
@@ -101,11 +159,14 @@ def main() -> None:
         ips = case.batch / secs
         print(f"{case.name:<14}{secs * 1e3:>12.0f}ms{ips:>11.2f}{fmt_bytes(mem):>12}", flush=True)
         rows.append({**asdict(case), "seconds": secs, "images_per_s": ips, "peak_bytes": mem})
+    print("\ninference paths, B = 4 targets of one source, A B B A (ratio = general / path):")
+    narrow = cases(args.quick)[0].narrow
+    sizes = sorted({c.size for c in cases(args.quick)})
+    paths = [compare_inference(size, narrow, device, reps) for size in sizes]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(
-        json.dumps({"device": str(device), "threads": threads, "reps": reps, "rows": rows}, indent=2)
-    )
+    record = {"device": str(device), "threads": threads, "reps": reps, "rows": rows, "inference_paths": paths}
+    out.write_text(json.dumps(record, indent=2))
     print(f"\nwrote {out}")
 
 

@@ -18,6 +18,8 @@ encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ pos
 * the hour-long query again with the former decoder (``decoder="dense"``: the whole start × end matrix,
   ``repsuite.nlq.decoding.joint_topk_dense``) next to today's (only the starts that can hold a top-k pair,
   memory linear in L), and the two decoders alone on that query's logits;
+* the training step under bf16 autocast (``--trainer.precision bf16-mixed``; CPUs with AMX and GPUs run
+  bf16 matmuls several times faster), and each step's counted FLOPs against the measured matmul peak;
 * the training step again with the former dropout (``F.dropout``'s per-element ``bernoulli_`` and SDPA's own
   attention dropout) next to today's (:func:`repsuite.ops.dropout`, whose CPU mask costs a fraction).
 """
@@ -56,12 +58,14 @@ class Case:
     text_len: int
     decoder: str = "pruned"  # "dense": the former L × L decoder, for the before / after comparison
     dropout: str = "repsuite"  # "torch": the former F.dropout / SDPA-internal dropout, for before / after
+    precision: str = "32"  # "bf16": forward and losses under bf16 autocast (the Trainer's bf16-mixed)
 
 
 def cases(quick: bool) -> list[Case]:
     b, lv, lt, long = (4, 128, 16, 1024) if quick else (32, 600, 32, 6750)
     out = [Case(f"train_{a}", "train", a, b, lv, lt) for a in ("cross", "self")]
     out += [Case("train_cross_torchdropout", "train", "cross", b, lv, lt, dropout="torch")]
+    out += [Case("train_cross_bf16", "train", "cross", b, lv, lt, precision="bf16")]
     for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
         out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
     out += [Case(f"infer{long}_cross_dense", "infer", "cross", 1, long, lt, "dense")]
@@ -124,6 +128,29 @@ def former_dropout(enabled: bool) -> Iterator[None]:
         dropout.dropout, attention._fast = saved
 
 
+def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
+    """Measured dense matmul throughput (FLOP/s) of an n × n by n × n product: the machine's peak."""
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
+    secs = median_seconds(lambda: torch.mm(a, b), device, reps)
+    return 2 * n**3 / secs
+
+
+def step_flops(case: Case, device: torch.device) -> int:
+    """FLOPs of one training step at a fixed K = 4 (forward + backward), counted by torch's FlopCounterMode.
+
+    Matmuls, convolutions and attention are counted; elementwise work is not (it is what keeps a step
+    below the matmul peak). The timed steps draw K from {2..6}, whose mean cost is K = 4's.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    module, batch, _ = build(case, device)
+    with FlopCounterMode(display=False) as counter:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
+            terms = module.criterion(module._forward(batch, 4), batch)
+        terms["loss"].backward()
+    return counter.get_total_flops()
+
+
 def runner(case: Case, device: torch.device):
     module, batch, opt = build(case, device)
     if case.kind == "train":
@@ -133,7 +160,8 @@ def runner(case: Case, device: torch.device):
         def run() -> None:
             k = scales[int(torch.randint(len(scales), (), generator=draws))]
             with former_dropout(case.dropout == "torch"):
-                terms = module.criterion(module._forward(batch, k), batch)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
+                    terms = module.criterion(module._forward(batch, k), batch)
                 opt.zero_grad(set_to_none=True)
                 terms["loss"].backward()
             torch.nn.utils.clip_grad_norm_(module.parameters(), 0.1)
@@ -226,6 +254,21 @@ def main() -> None:
     ratios["training step: former dropout / today's time"] = round(
         by["train_cross_torchdropout"]["seconds"] / by["train_cross"]["seconds"], 2
     )
+    ratios["training step: float32 / bf16-mixed time"] = round(
+        by["train_cross"]["seconds"] / by["train_cross_bf16"]["seconds"], 2
+    )
+    # counted FLOPs per second against the measured matmul peak of the step's precision
+    for name, dtype in (("train_cross", torch.float32), ("train_cross_bf16", torch.bfloat16)):
+        case = next(c for c in todo if c.name == name)
+        flops, peak = step_flops(case, device), matmul_peak(device, dtype)
+        achieved = flops / by[name]["seconds"]
+        by[name] |= {"flops": flops, "matmul_peak_flops": peak}
+        label = f"{name}: % of {str(dtype).split('.')[-1]} matmul peak"
+        ratios[label] = round(100 * achieved / peak, 1)
+        print(
+            f"{name}: {flops / 1e9:.0f} GFLOP / step, {achieved / 1e9:.0f} GFLOP/s, "
+            f"matmul peak {peak / 1e9:.0f} GFLOP/s"
+        )
     for label, (dense, pruned) in pairs.items():
         ratios[label] = round(by[dense]["seconds"] / by[pruned]["seconds"], 2)
         if by[dense]["peak_bytes"] and by[pruned]["peak_bytes"]:

@@ -41,7 +41,8 @@ def test_ops_benchmark_runs_and_writes_json(tmp_path):
 @pytest.mark.parametrize(
     "script, args, expect",
     [
-        ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "train: self time / cross time"),
+        ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "train_cross_bf16: % of bfloat16 matmul peak"),
+        ("faceswap.py", ["--quick", "--reps", "1", "--no-memory"], "fixed bf16"),
         (
             "nlq_ablation.py",
             ["--quick", "--epochs", "1", "--rows", "self", "base"],

@@ -145,7 +145,9 @@ def _swap_photos(ns: argparse.Namespace) -> int:
     from repsuite.faceswap.video import VIDEO_SUFFIXES
 
     faces = _parse_faces(ns.faces)
-    swapper = FaceSwapper.from_checkpoint(ns.ckpt, detector=ns.detector, device=ns.device)
+    swapper = FaceSwapper.from_checkpoint(
+        ns.ckpt, detector=ns.detector, device=ns.device, precision=ns.precision
+    )
     if Path(ns.target).suffix.lower() in VIDEO_SUFFIXES:
         report = swapper.swap_video(
             ns.source, ns.target, ns.output, faces=faces, detect_every=ns.detect_every, label=not ns.no_label,
@@ -368,6 +370,12 @@ def _add_swap(sub: Any) -> None:  # the subparsers action
     sw.add_argument("--faces", default="largest", help="with --detector: largest, all, or indices '0,2'")
     sw.add_argument("--no-colour-match", action="store_true", help="with --detector: keep the swap's colours")
     sw.add_argument("--device", help="with --detector: default cuda when available, else cpu")
+    sw.add_argument(
+        "--precision",
+        choices=["32-true", "bf16-mixed"],
+        help="with --detector: bf16-mixed runs the generator in bf16 with channels-last tensors (several "
+        "times faster on CPUs with AMX and on GPUs; swaps differ by ~0.05 in [-1, 1]); default 32-true",
+    )
     every = "with a video --target: run the detector on every N-th frame (landmarks smoothed in between)"
     sw.add_argument("--detect-every", type=int, default=1, metavar="N", help=every)
     no_label = "with a video --target: no visible 'AI-generated' corner label (recorded in the metadata)"

@@ -18,8 +18,11 @@ GFPGAN's U-Net skips, so both design choices can be ablated.
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
@@ -30,7 +33,13 @@ from torch import Tensor, nn
 from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Generator, stylegan2_channels
 from repsuite.ops import modulated_conv2d
 
-__all__ = ["FaceSwapGenerator", "FaceSwapGeneratorConfig", "IDModulationBlock"]
+__all__ = [
+    "FaceSwapGenerator",
+    "FaceSwapGeneratorConfig",
+    "FixedSourceGenerator",
+    "IDModulationBlock",
+    "to_channels_last",
+]
 
 
 @dataclass
@@ -120,6 +129,21 @@ class IDModulatedConv(nn.Module):
         out = modulated_conv2d(x, self.weight, self.affine(id_embed), demodulate=True)
         return out + self.bias.view(1, -1, 1, 1)
 
+    @torch.no_grad()
+    def fold(self, id_embed: Tensor) -> nn.Conv2d:
+        """One identity (id_dim,) baked in: a plain 3×3 conv computing ``forward(x, id)`` for every x.
+
+        Modulation and demodulation only depend on the identity, so for a fixed source they are done once
+        on the weights (C, C, 3, 3) instead of on every frame's activations.
+        """
+        style = self.affine(id_embed.to(self.weight.dtype))  # (C_in,)
+        w = self.weight * rearrange(style, "i -> 1 i 1 1")  # (C_out, C_in, 3, 3)
+        w = w * torch.rsqrt(w.pow(2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)  # modulated_conv2d's eps
+        conv = nn.Conv2d(w.shape[1], w.shape[0], 3, 1, 1).to(w.device, w.dtype).requires_grad_(False)
+        conv.weight.copy_(w)
+        conv.bias.copy_(self.bias)
+        return conv
+
 
 class AdaINConv(nn.Module):
     """3×3 conv then AdaIN with scale/shift from the id embedding (Eq. 3.4; the ablation's alternative)."""
@@ -138,6 +162,28 @@ class AdaINConv(nn.Module):
         gamma, beta = rearrange(self.affine(id_embed), "b (two c) -> two b c 1 1", two=2)  # (B, C, 1, 1) each
         return gamma * out + beta
 
+    @torch.no_grad()
+    def fold(self, id_embed: Tensor) -> nn.Module:
+        """One identity (id_dim,) baked in: the AdaIN scale and shift computed once (the norm stays per x)."""
+        gamma, beta = rearrange(
+            self.affine(id_embed.to(self.affine.weight.dtype)), "(two c) -> two 1 c 1 1", two=2
+        )
+        return _FixedAdaIN(self.conv, gamma, beta)
+
+
+class _FixedAdaIN(nn.Module):
+    """:class:`AdaINConv` for one identity: conv, instance norm, a stored scale (1, C, 1, 1) and shift."""
+
+    def __init__(self, conv: nn.Conv2d, gamma: Tensor, beta: Tensor) -> None:
+        super().__init__()
+        self.conv = conv
+        self.register_buffer("gamma", gamma)
+        self.register_buffer("beta", beta)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return self.gamma * F.instance_norm(self.conv(x), eps=1e-8) + self.beta
+
 
 class IDModulationBlock(nn.Module):
     """Residual block with identity injection in both convolutions of its residual branch."""
@@ -152,6 +198,22 @@ class IDModulationBlock(nn.Module):
         """(B, C, H, W), id (B, id_dim) -> (B, C, H, W)."""
         branch = self.conv2(_lrelu(self.conv1(x, id_embed)), id_embed)
         return (x + branch) / math.sqrt(2.0)
+
+    def fold(self, id_embed: Tensor) -> nn.Module:
+        """This block for one identity (id_dim,): a module ``x -> forward(x, id)`` of plain layers."""
+        return _FoldedIDBlock(self.conv1.fold(id_embed), self.conv2.fold(id_embed))
+
+
+class _FoldedIDBlock(nn.Module):
+    """:class:`IDModulationBlock` with its identity folded into the layers (see ``fold``)."""
+
+    def __init__(self, conv1: nn.Module, conv2: nn.Module) -> None:
+        super().__init__()
+        self.conv1, self.conv2 = conv1, conv2
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        return (x + self.conv2(_lrelu(self.conv1(x)))) / math.sqrt(2.0)
 
 
 def warp_by_flow(x: Tensor, flow: Tensor) -> Tensor:
@@ -235,30 +297,67 @@ class FaceSwapGenerator(nn.Module):
 
         ``randomize_noise`` defaults to the module's mode (fresh noise in training, stored noise in eval).
         """
-        s = self.cfg.out_size
-        if target.ndim != 4 or target.shape[1:] != (3, s, s):
-            raise ValueError(
-                f"FaceSwapGenerator: expected target faces (B, 3, {s}, {s}), got {tuple(target.shape)}"
-            )
+        self._check_target(target)
         if id_embed.shape != (target.shape[0], self.cfg.id_dim):
             raise ValueError(
                 f"FaceSwapGenerator: expected identity embeddings ({target.shape[0]}, {self.cfg.id_dim}), "
                 f"got {tuple(id_embed.shape)}"
             )
         ident = F.normalize(id_embed.float(), dim=-1).to(target.dtype)
+        bottleneck = [partial(block, id_embed=ident) for block in self.id_bottleneck]
+        up = [partial(block, id_embed=ident) for block in self.id_up]
+        return self._swap(target, bottleneck, up, randomize_noise)
+
+    @torch.no_grad()
+    def fixed_source(self, id_embed: Tensor) -> FixedSourceGenerator:
+        """This generator for one source identity (id_dim,) or (1, id_dim): ``G_id(target) = G(target, id)``.
+
+        The ID Modulation Blocks' modulation and demodulation depend on the identity alone, so they are
+        folded into plain convolution weights once; every target (video frames, a folder) then runs
+        through ordinary convolutions. A snapshot: fold again after the weights change. The W+ code is
+        not cached, because here it comes from the ID-modulated *target* features (Eq. 3.3).
+        """
+        if id_embed.ndim == 2 and id_embed.shape[0] == 1:
+            id_embed = id_embed[0]
+        if id_embed.shape != (self.cfg.id_dim,):
+            raise ValueError(
+                f"FaceSwapGenerator.fixed_source: expected one identity ({self.cfg.id_dim},) or "
+                f"(1, {self.cfg.id_dim}), got {tuple(id_embed.shape)}"
+            )
+        ident = F.normalize(id_embed.float(), dim=-1)
+        return FixedSourceGenerator(
+            self, [b.fold(ident) for b in self.id_bottleneck], [b.fold(ident) for b in self.id_up]
+        )
+
+    def _check_target(self, target: Tensor) -> None:
+        s = self.cfg.out_size
+        if target.ndim != 4 or target.shape[1:] != (3, s, s):
+            raise ValueError(
+                f"FaceSwapGenerator: expected target faces (B, 3, {s}, {s}), got {tuple(target.shape)}"
+            )
+
+    def _swap(
+        self,
+        target: Tensor,
+        bottleneck: Sequence[Callable[[Tensor], Tensor]],
+        up_blocks: Sequence[Callable[[Tensor], Tensor]],
+        randomize_noise: bool | None,
+    ) -> Tensor:
+        """The data flow of the module docstring, with the ID blocks given as functions of the features."""
+        s = self.cfg.out_size
         feat = _lrelu(self.conv_body_first(target))
         skips = []
         for block in self.conv_body_down:
             skips.insert(0, feat)
             feat = block(feat)
         feat = _lrelu(self.final_conv(feat))  # (B, C4, 4, 4)
-        for block in self.id_bottleneck:
-            feat = block(feat, ident)
+        for id_block in bottleneck:
+            feat = id_block(feat)
         latent = self.final_mlp(feat.flatten(1))  # (B, num_latent · D)
         latent = rearrange(latent, "b (n d) -> b n d", n=self.stylegan.num_latent)  # (B, num_latent, D)
         conditions = []
         flow = None  # (B, 2, H, W): where each skip feature is read from, in pixels of its level
-        for i, (up, idb) in enumerate(zip(self.conv_body_up, self.id_up, strict=True)):
+        for i, (up, id_block) in enumerate(zip(self.conv_body_up, up_blocks, strict=True)):
             feat = up(feat)
             if self.cfg.unet_skips and feat.shape[-1] <= (self.cfg.unet_skip_max_res or s):
                 skip = skips[i]
@@ -269,8 +368,42 @@ class FaceSwapGenerator(nn.Module):
                     flow = flow_here
                     skip = warp_by_flow(skip, flow)
                 feat = feat + skip
-            feat = idb(feat, ident)
+            feat = id_block(feat)
             conditions += [self.condition_scale[i](feat), self.condition_shift[i](feat)]
         randomize = self.training if randomize_noise is None else randomize_noise
         noise = None if randomize else self.stylegan.stored_noise()
         return self.stylegan.synthesis(latent, noise, conditions, self.cfg.sft_half)
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """Store every 4-D parameter and buffer of ``module`` channels-last, in place; returns ``module``.
+
+    ``nn.Module.to(memory_format=...)`` refuses the prior's 5-D modulated weights (1, C_out, C_in, k, k);
+    their ``[0]`` views are converted by the convolution itself. With bf16 on CPUs with AMX (and on tensor
+    cores) channels-last convolutions run several times faster than NCHW ones (benchmarks/faceswap.py).
+    """
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.ndim == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)
+    return module
+
+
+class FixedSourceGenerator(nn.Module):
+    """A :class:`FaceSwapGenerator` with one source identity folded in (``FaceSwapGenerator.fixed_source``).
+
+    Shares every layer but the ID Modulation Blocks with the generator it came from.
+    """
+
+    def __init__(
+        self, generator: FaceSwapGenerator, bottleneck: list[nn.Module], up: list[nn.Module]
+    ) -> None:
+        super().__init__()
+        self.generator = generator
+        self.bottleneck = nn.ModuleList(bottleneck)
+        self.up = nn.ModuleList(up)
+
+    def forward(self, target: Tensor, randomize_noise: bool | None = None) -> Tensor:
+        """Target faces (B, 3, S, S) in [-1, 1] -> the source's identity on them, (B, 3, S, S)."""
+        self.generator._check_target(target)
+        randomize = self.generator.training if randomize_noise is None else randomize_noise
+        return self.generator._swap(target, list(self.bottleneck), list(self.up), randomize)

@@ -44,6 +44,33 @@ def test_generator_shapes_identity_dependence_and_frozen_prior(injection, skips)
     assert set(map(id, gen.trainable_parameters())) == {id(p) for p in gen.parameters() if p.requires_grad}
 
 
+@pytest.mark.parametrize("injection", ["modulation", "adain"])
+@pytest.mark.parametrize("warp", [False, True])
+def test_fixed_source_generator_equals_the_general_path(injection, warp):
+    # the folded ID blocks are plain convolutions: same swaps as G(target, id) up to float rounding (the
+    # instance norm of the AdaIN variant magnifies rounding in low-variance channels: 1e-4 there)
+    torch.manual_seed(0)
+    cfg = FaceSwapGeneratorConfig(**TINY, id_injection=injection, unet_skips=True, skip_warp=warp)
+    gen = FaceSwapGenerator(cfg).eval()
+    _randomize_id_affines(gen)
+    x, ident = torch.rand(3, 3, 32, 32) * 2 - 1, torch.randn(1, 16)
+    fixed = gen.fixed_source(ident)
+    expected = gen(x, ident.expand(3, -1))
+    atol = 1e-5 if injection == "modulation" else 1e-4
+    torch.testing.assert_close(fixed(x), expected, rtol=1e-4, atol=atol)
+    torch.testing.assert_close(gen.fixed_source(ident[0])(x[:1]), expected[:1], rtol=1e-4, atol=atol)
+    # another identity gives other swaps; the generator's own layers are shared, not copied
+    assert not torch.allclose(gen.fixed_source(torch.randn(16))(x), expected, atol=1e-4)
+    shared = {id(p) for p in gen.parameters()}
+    assert fixed.generator is gen and all(
+        not p.requires_grad for p in fixed.parameters() if id(p) not in shared
+    )
+    with pytest.raises(ValueError, match=r"one identity \(16,\)"):
+        gen.fixed_source(torch.randn(2, 16))
+    with pytest.raises(ValueError, match=r"target faces \(B, 3, 32, 32\)"):
+        fixed(torch.rand(1, 3, 16, 16))
+
+
 def test_warp_by_flow_moves_features_by_the_flow_in_pixels():
     x = torch.zeros(1, 1, 8, 8)
     x[0, 0, 3, 4] = 1.0

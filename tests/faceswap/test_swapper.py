@@ -95,6 +95,39 @@ def test_chosen_faces_only_change_and_the_rest_is_bit_identical(tiny_ckpt, scene
     assert len(swapper.swap(identity, pixels, faces="all").faces) == 3
 
 
+def test_swap_aligned_folds_each_identity_once_with_the_general_paths_swaps(tiny_ckpt, scene):
+    pixels, truth = scene
+    swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
+    gen = swapper.module.swap_generator()
+    aligned, _ = swapper._align(pixels, truth.landmarks)  # (3, 3, S, S)
+    first = swapper.identity(pixels, face=0)
+    second = swapper.identity(pixels, face=2)
+    folded = []
+    for identity in (first, first, second):
+        general = gen(aligned, identity.embedding.expand(3, -1), randomize_noise=False).clamp(-1, 1)
+        torch.testing.assert_close(swapper.swap_aligned(identity, aligned), general, rtol=1e-4, atol=1e-5)
+        folded.append(swapper._fixed[1])
+    assert folded[0] is folded[1] and folded[2] is not folded[0]  # folded once per identity
+
+
+def test_bf16_precision_runs_channels_last_close_to_float32(tiny_ckpt, scene):
+    pixels, truth = scene
+    exact = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
+    fast = FaceSwapper.from_checkpoint(
+        tiny_ckpt, detector=GivenFaces([truth]), device="cpu", precision="bf16-mixed"
+    )
+    gen = fast.module.swap_generator()
+    assert gen.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
+    aligned, _ = exact._align(pixels, truth.landmarks)
+    identity = exact.identity(pixels, face=0)
+    want, got = exact.swap_aligned(identity, aligned), fast.swap_aligned(identity, aligned)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
+    err = (got - want).abs()
+    assert err.mean() < 0.02 and err.max() < 0.25, (err.mean(), err.max())  # bf16 rounding, not another swap
+    with pytest.raises(SwapError, match="precision '16-mixed'"):
+        FaceSwapper.from_checkpoint(tiny_ckpt, device="cpu", precision="16-mixed")
+
+
 def test_provenance_in_png_and_jpeg_and_atomic_writes(tiny_ckpt, scene, tmp_path):
     pixels, truth = scene
     swapper = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
