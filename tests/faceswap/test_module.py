@@ -446,13 +446,17 @@ class DtypeProbe(Callback):
 
 def test_bf16_mixed_fit_runs_the_networks_in_bf16(faces, in_tmp):
     probe = DtypeProbe()
-    bf16 = ["--trainer.precision=bf16-mixed", "--model.grad_clip=1"]
+    bf16 = ["--trainer.precision=bf16-mixed", "--model.grad_clip=1", "--model.channels_last=true"]
     short = ["--trainer.limit_train_batches=1", "--trainer.num_sanity_val_steps=0"]  # bf16 is slow on CPU
     cli = run_cli([*TINY_MODEL, *_data(faces), *TRAINER, *bf16, *short], run=False)
     cli.trainer.callbacks.append(probe)
     cli.trainer.fit(cli.model, cli.datamodule)
     m = cli.trainer.callback_metrics
     assert "torch.bfloat16" in probe.seen
+    # channels_last: weights (and so the convolutions' outputs) stored NHWC, the EMA copy included
+    for net in (cli.model.generator, cli.model.generator_ema.module, cli.model.discriminator):
+        convs = [p for p in net.parameters() if p.ndim == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
     for key in ("train/loss_g", "train/loss_d", "train/r1", "val/psnr"):
         assert torch.isfinite(m[key]), key
     assert float(m["train/skipped_steps"]) == 0
