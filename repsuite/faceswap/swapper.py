@@ -415,6 +415,7 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
 
         The identity is folded into the generator once per :class:`Identity` object and reused for every
         later call with it (the same swaps as the general path, see ``FaceSwapGenerator.fixed_source``).
+        The fold is a snapshot of the weights: after changing them in place, make a new ``FaceSwapper``.
         """
         gen = self.module.swap_generator()
         if self._fixed is None or self._fixed[0] is not identity or self._fixed[1].generator is not gen:
