@@ -31,7 +31,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Generator, stylegan2_channels
-from repsuite.ops import modulated_conv2d
+from repsuite.ops import modulated_conv2d, modulated_weight
 
 __all__ = [
     "FaceSwapGenerator",
@@ -136,9 +136,8 @@ class IDModulatedConv(nn.Module):
         Modulation and demodulation only depend on the identity, so for a fixed source they are done once
         on the weights (C, C, 3, 3) instead of on every frame's activations.
         """
-        style = self.affine(id_embed.to(self.weight.dtype))  # (C_in,)
-        w = self.weight * rearrange(style, "i -> 1 i 1 1")  # (C_out, C_in, 3, 3)
-        w = w * torch.rsqrt(w.pow(2).sum(dim=(1, 2, 3), keepdim=True) + 1e-8)  # modulated_conv2d's eps
+        style = self.affine(id_embed.to(self.weight.dtype))[None]  # (1, C_in)
+        w = modulated_weight(self.weight, style)[0]  # (C_out, C_in, 3, 3), as forward's modulated_conv2d
         conv = nn.Conv2d(w.shape[1], w.shape[0], 3, 1, 1).to(w.device, w.dtype).requires_grad_(False)
         conv.weight.copy_(w)
         conv.bias.copy_(self.bias)
@@ -405,5 +404,4 @@ class FixedSourceGenerator(nn.Module):
     def forward(self, target: Tensor, randomize_noise: bool | None = None) -> Tensor:
         """Target faces (B, 3, S, S) in [-1, 1] -> the source's identity on them, (B, 3, S, S)."""
         self.generator._check_target(target)
-        randomize = self.generator.training if randomize_noise is None else randomize_noise
-        return self.generator._swap(target, list(self.bottleneck), list(self.up), randomize)
+        return self.generator._swap(target, list(self.bottleneck), list(self.up), randomize_noise)

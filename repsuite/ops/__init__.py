@@ -18,6 +18,7 @@ from repsuite.ops.modconv import (
     fused_leaky_relu_reference,
     modulated_conv2d,
     modulated_conv2d_reference,
+    modulated_weight,
 )
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "fused_leaky_relu_reference",
     "modulated_conv2d",
     "modulated_conv2d_reference",
+    "modulated_weight",
     "multi_head_attention",
     "multi_head_attention_reference",
     "quantised_drop_probability",

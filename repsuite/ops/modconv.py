@@ -38,6 +38,7 @@ __all__ = [
     "fused_leaky_relu_reference",
     "modulated_conv2d",
     "modulated_conv2d_reference",
+    "modulated_weight",
 ]
 
 Formulation = Literal["auto", "grouped", "scaled"]
@@ -139,14 +140,26 @@ def _modconv_scaled(
     return out
 
 
+def modulated_weight(weight: Tensor, style: Tensor, *, demodulate: bool = True, eps: float = 1e-8) -> Tensor:
+    """The per-sample kernels of a modulated convolution, (B, C_out, C_in, k, k).
+
+    ``weight`` (C_out, C_in, k, k), ``style`` (B, C_in), as for :func:`modulated_conv2d`.
+
+    ``F.conv2d(x_b, modulated_weight(weight, style)[b])`` is ``modulated_conv2d(x, weight, style)[b]``; a
+    style that stays fixed (one source identity) can be folded into a plain convolution this way.
+    """
+    w = weight[None] * rearrange(style, "b i -> b 1 i 1 1")  # (B, C_out, C_in, k, k)
+    if demodulate:
+        w = w * rearrange(_demod_factor(weight, style, eps).to(w.dtype), "b o -> b o 1 1 1")
+    return w
+
+
 def _modconv_grouped(
     x: Tensor, weight: Tensor, style: Tensor, demodulate: bool, eps: float, up: int, down: int, padding: int
 ) -> Tensor:
     b = x.shape[0]
     c_out = weight.shape[0]
-    w = weight[None] * rearrange(style, "b i -> b 1 i 1 1")  # (B, C_out, C_in, k, k)
-    if demodulate:
-        w = w * rearrange(_demod_factor(weight, style, eps).to(w.dtype), "b o -> b o 1 1 1")
+    w = modulated_weight(weight, style, demodulate=demodulate, eps=eps)  # (B, C_out, C_in, k, k)
     x = _resample(x, up, down)
     x = rearrange(x, "b c h w -> 1 (b c) h w")  # (1, B*C_in, H, W)
     out = F.conv2d(x, rearrange(w, "b o i kh kw -> (b o) i kh kw"), padding=padding, groups=b)

@@ -10,6 +10,7 @@ from repsuite.ops import (
     fused_leaky_relu_reference,
     modulated_conv2d,
     modulated_conv2d_reference,
+    modulated_weight,
     reference_ops,
 )
 
@@ -251,3 +252,13 @@ def test_fused_leaky_relu_bad_input():
             fn(torch.zeros(2, 4, 3), torch.zeros(3))
         with pytest.raises(ValueError, match="negative_slope"):
             fn(torch.zeros(2, 4), None, negative_slope=-1.0)
+
+
+def test_modulated_weight_is_the_kernel_the_reference_applies_per_sample():
+    torch.manual_seed(0)
+    x, weight, style = torch.randn(3, 8, 6, 6), torch.randn(5, 8, 3, 3), torch.randn(3, 8)
+    for demodulate in (True, False):
+        kernels = modulated_weight(weight, style, demodulate=demodulate)  # (3, 5, 8, 3, 3)
+        got = torch.cat([F.conv2d(x[b : b + 1], kernels[b], padding=1) for b in range(3)])
+        want = modulated_conv2d_reference(x, weight, style, demodulate=demodulate)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
