@@ -18,8 +18,10 @@ encoder 4 blocks, video input 2304 + 512 + 2 = 2818-d (SlowFast ‖ CLIP ‖ pos
 * the hour-long query again with the former decoder (``decoder="dense"``: the whole start × end matrix,
   ``repsuite.nlq.decoding.joint_topk_dense``) next to today's (only the starts that can hold a top-k pair,
   memory linear in L), and the two decoders alone on that query's logits;
+* the hour-long query under bf16 autocast (``NLQPredictor(precision="bf16-mixed")``);
 * the training step under bf16 autocast (``--trainer.precision bf16-mixed``; CPUs with AMX and GPUs run
   bf16 matmuls several times faster), and each step's counted FLOPs against the measured matmul peak;
+* the training step with the network compiled (``NLQModule(compile=True)``; every K compiled before timing);
 * the training step again with the former dropout (``F.dropout``'s per-element ``bernoulli_`` and SDPA's own
   attention dropout) next to today's (:func:`repsuite.ops.dropout`, whose CPU mask costs a fraction).
 """
@@ -59,15 +61,19 @@ class Case:
     decoder: str = "pruned"  # "dense": the former L × L decoder, for the before / after comparison
     dropout: str = "repsuite"  # "torch": the former F.dropout / SDPA-internal dropout, for before / after
     precision: str = "32"  # "bf16": forward and losses under bf16 autocast (the Trainer's bf16-mixed)
+    compile: bool = False  # the network's forward through torch.compile (NLQModule(compile=True))
 
 
-def cases(quick: bool) -> list[Case]:
+def cases(quick: bool, compiled: bool = True) -> list[Case]:
     b, lv, lt, long = (4, 128, 16, 1024) if quick else (32, 600, 32, 6750)
     out = [Case(f"train_{a}", "train", a, b, lv, lt) for a in ("cross", "self")]
+    if compiled:
+        out += [Case("train_cross_compiled", "train", "cross", b, lv, lt, compile=True)]
     out += [Case("train_cross_torchdropout", "train", "cross", b, lv, lt, dropout="torch")]
     out += [Case("train_cross_bf16", "train", "cross", b, lv, lt, precision="bf16")]
     for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
         out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
+    out += [Case(f"infer{long}_cross_bf16", "infer", "cross", 1, long, lt, precision="bf16")]
     out += [Case(f"infer{long}_cross_dense", "infer", "cross", 1, long, lt, "dense")]
     out += [Case(f"decode{long}_{d}", "decode", "cross", 1, long, lt, d) for d in ("pruned", "dense")]
     return out
@@ -167,6 +173,12 @@ def runner(case: Case, device: torch.device):
             torch.nn.utils.clip_grad_norm_(module.parameters(), 0.1)
             opt.step()
 
+        if case.compile:  # compile every K's graphs before timing (untimed: minutes on a CPU)
+            module.model.compile()
+            for k in scales:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
+                    module.criterion(module._forward(batch, k), batch)["loss"].backward()
+            opt.zero_grad(set_to_none=True)
         return run
     import repsuite.nlq.module as nlq_module
     from repsuite.nlq.decoding import joint_topk, joint_topk_dense
@@ -181,8 +193,9 @@ def runner(case: Case, device: torch.device):
     @torch.no_grad()
     def run() -> None:
         nlq_module.joint_topk = decoder  # the module's decoder for this case
-        try:
-            module.predict_windows(batch)
+        try:  # bf16: as NLQPredictor(precision="bf16-mixed")
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
+                module.predict_windows(batch)
         finally:
             nlq_module.joint_topk = joint_topk
 
@@ -195,6 +208,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 5, quick 2)")
     ap.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile training case")
     ap.add_argument("--out", default="benchmarks/results/nlq.json")
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -213,7 +227,7 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     rows = []
-    todo = cases(args.quick)
+    todo = cases(args.quick, compiled=not args.no_compile)
     former = next(c for c in todo if c.dropout == "torch")
     today = next(c for c in todo if c.name == "train_cross")
     # the dropout before / after pair is timed interleaved (ABBA), each path seeing the same K sequence
@@ -223,7 +237,7 @@ def main() -> None:
         timed = paired.get(case.name)
         secs = timed if timed is not None else median_seconds(runner(case, device), device, reps)
         gc.collect()
-        if args.no_memory:
+        if args.no_memory or case.compile:  # a compiled probe would compile again in its subprocess
             mem = None
         elif device.type == "cuda":
             mem = peak_after_warmup(runner(case, device), device)
@@ -254,6 +268,13 @@ def main() -> None:
     ratios["training step: former dropout / today's time"] = round(
         by["train_cross_torchdropout"]["seconds"] / by["train_cross"]["seconds"], 2
     )
+    ratios[f"hour-long query ({long} bins): float32 / bf16-mixed time"] = round(
+        by[f"infer{long}_cross"]["seconds"] / by[f"infer{long}_cross_bf16"]["seconds"], 2
+    )
+    if "train_cross_compiled" in by:
+        ratios["training step: eager / torch.compile time"] = round(
+            by["train_cross"]["seconds"] / by["train_cross_compiled"]["seconds"], 2
+        )
     ratios["training step: float32 / bf16-mixed time"] = round(
         by["train_cross"]["seconds"] / by["train_cross_bf16"]["seconds"], 2
     )

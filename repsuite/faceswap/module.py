@@ -106,6 +106,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         channels_last: store the 4-D weights channels-last when training starts (activations follow). With
             ``--trainer.precision bf16-mixed`` on CPUs with AMX or on GPUs, convolutions run several times
             faster that way; in float32 on CPU it is often slower.
+        compile: run the generator's forward through ``torch.compile`` (TorchInductor) during training and
+            validation; weights and checkpoints are those of the plain module. The discriminators stay eager:
+            their R1 penalty differentiates twice, which compiled graphs do not support.
         max_skipped_steps: a G or D step whose loss or gradients are not finite is skipped (counted and
             logged as ``train/skipped_steps``); this many skips in a row stop training with an error.
         grid_size: sources × targets in the logged swap grid.
@@ -155,6 +158,7 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         ema_decay: float | None = 0.999,
         grad_clip: float | None = None,
         channels_last: bool = False,
+        compile: bool = False,
         max_skipped_steps: int = 20,
         grid_size: int = 4,
         id_encoder_depth: int = 18,
@@ -567,6 +571,9 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             )
         if self.hparams.channels_last:
             to_channels_last(self)
+        if self.hparams.get("compile"):
+            # in place: the state_dict keys stay those of the plain generator (no ``_orig_mod.`` prefix)
+            self.generator.compile()
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         """Adam for G (its trainable part) and for all discriminators; β = (0, 0.999), lr 2e-4, no decay."""

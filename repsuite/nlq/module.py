@@ -67,6 +67,9 @@ class NLQModule(ExactResumeMixin, LightningModule):
         init_from: an NLQModule checkpoint whose network weights start this run (weights only: no optimizer
             state, step count or hyper-parameters), e.g. the NaQ pre-training before fine-tuning on NLQ
             (``configs/nlq/naq_finetune.yaml``). Not applied when resuming with ``--ckpt_path``.
+        compile: run the network's forward through ``torch.compile`` (TorchInductor) during training and
+            evaluation. Weights, checkpoints and results are those of the plain module; the first steps at
+            each K pay the compilation. Its gain is measured by ``benchmarks/nlq.py``.
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class NLQModule(ExactResumeMixin, LightningModule):
         nms_iou: float | None = 0.5,
         candidates_per_scale: int | None = None,
         init_from: str | None = None,
+        compile: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -133,6 +137,9 @@ class NLQModule(ExactResumeMixin, LightningModule):
         resuming = self._trainer is not None and self.trainer.ckpt_path is not None
         if stage == "fit" and self.hparams.init_from and not resuming:
             self.load_initial_weights(self.hparams.init_from)
+        if self.hparams.get("compile"):
+            # in place: the state_dict keys stay those of the plain network (no ``_orig_mod.`` prefix)
+            self.model.compile()
 
     def load_initial_weights(self, path: str) -> None:
         """Copy a checkpoint's network weights into this model (weights only; nothing else is taken).
@@ -205,9 +212,11 @@ class NLQModule(ExactResumeMixin, LightningModule):
                 )
 
     # ----------------------------------------------------------------------------------------- steps
-    def _forward(self, batch: dict[str, Any], k: int) -> NLQOutput:
+    def _forward(
+        self, batch: dict[str, Any], k: int, encoded: tuple[Tensor, Tensor] | None = None
+    ) -> NLQOutput:
         return self.model(
-            batch["video"], batch["video_padding_mask"], batch["text"], batch["text_padding_mask"], k
+            batch["video"], batch["video_padding_mask"], batch["text"], batch["text_padding_mask"], k, encoded
         )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
@@ -236,8 +245,12 @@ class NLQModule(ExactResumeMixin, LightningModule):
         # suppression of its near-copies would have promoted, and top_k=3 would not be top_k=5's first three
         per_scale = h.candidates_per_scale or (4 * max(top_k, h.top_k) if h.nms_iou is not None else top_k)
         cands, scores = [], []
+        todo = [k for k in list(h.inference_scales or h.scales) if not (outputs and k in outputs)]
+        encoded = None
+        if len(todo) > 1 and not self.model.training:  # the input projections are the same at every K
+            encoded = self.model.encode(batch["video"], batch["text"], batch["text_padding_mask"])
         for k in list(h.inference_scales or h.scales):
-            out = outputs[k] if outputs and k in outputs else self._forward(batch, k)
+            out = outputs[k] if outputs and k in outputs else self._forward(batch, k, encoded)
             s, e, p = joint_topk(out.start_logits, out.end_logits, batch["video_padding_mask"], per_scale,
                                  h.max_span)  # fmt: skip
             cands.append(torch.stack([s, e + 1], dim=-1).to(torch.float64))  # half-open bins: IoU in bins

@@ -462,6 +462,27 @@ def test_bf16_mixed_fit_runs_the_networks_in_bf16(faces, in_tmp):
     assert float(m["train/skipped_steps"]) == 0
 
 
+@pytest.mark.slow  # TorchInductor compiles each graph on first use: minutes on a 2-core CPU
+def test_compile_switch_runs_the_generator_compiled_with_plain_checkpoint_keys(faces, in_tmp):
+    """``--model.compile=true``: the generator's forward runs through TorchInductor, equal to eager."""
+    short = ["--trainer.limit_train_batches=1", "--trainer.num_sanity_val_steps=0", "--model.compile=true"]
+    cli = run_cli(["fit", *TINY_MODEL, *_data(faces), *TRAINER, *short, "--trainer.default_root_dir=run"])
+    g = cli.model.generator
+    assert g._compiled_call_impl is not None  # nn.Module.compile() in place; the discriminators stay eager
+    assert cli.model.discriminator._compiled_call_impl is None
+    m = cli.trainer.callback_metrics
+    assert torch.isfinite(m["train/loss_g"]) and torch.isfinite(m["train/loss_d"])
+    state = torch.load(next(in_tmp.glob("run/**/*.ckpt")), weights_only=True)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    ids = cli.model.identity_vector(batch["source"])
+    g.eval()
+    with torch.no_grad():  # fixed noise: the compiled and eager passes see the same inputs
+        compiled = g(batch["target"], ids, randomize_noise=False)
+        eager = g.forward(batch["target"], ids, randomize_noise=False)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
 class WeightDigest(Callback):
     """Each rank writes a digest of its generator and discriminator weights when training ends."""
 

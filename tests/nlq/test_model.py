@@ -166,3 +166,19 @@ def test_token_zero_is_a_real_token_that_learns():
     out = model(video, vpad, text, tpad, num_segments=2)
     (out.start_logits.masked_fill(vpad, 0).sum() + out.text_proj.sum()).backward()
     assert model.text_encoder.embed.weight.grad[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("attention", ["cross", "self"])
+def test_encoding_once_for_several_scales_changes_nothing(attention):
+    """``encode`` is the scale-independent part: passing it to ``forward`` gives the very same outputs."""
+    model = NLQModel(NLQModelConfig(video_dim=24, attention=attention, **SMALL)).eval()
+    video, vpad, text, tpad = _batch()
+    with torch.no_grad():
+        encoded = model.encode(video, text, tpad)
+        assert encoded[0].shape == (3, 40, 32) and encoded[1].shape == (3, 9, 32)
+        for k in (2, 5):
+            full, shared = model(video, vpad, text, tpad, k), model(video, vpad, text, tpad, k, encoded)
+            for name in ("start_logits", "end_logits", "highlight", "npm_scores", "video_proj", "text_proj"):
+                assert torch.equal(getattr(full, name), getattr(shared, name)), (k, name)
+    with pytest.raises(ValueError, match=r"expected video \(B, Lv, 24\)"):
+        model.encode(video[..., :10], text, tpad)

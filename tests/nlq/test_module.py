@@ -111,3 +111,48 @@ def test_widths_read_at_setup_travel_in_the_checkpoint_not_the_hyperparameters(i
     assert reloaded.model.cfg == module.model.cfg
     for k, v in module.state_dict().items():
         torch.testing.assert_close(reloaded.state_dict()[k], v, rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.slow  # TorchInductor compiles each graph on first use: minutes on a 2-core CPU
+def test_compile_switch_trains_the_compiled_network_with_plain_checkpoint_keys(in_tmp):
+    """``--model.compile=true``: the forward runs through TorchInductor, equal to the eager forward."""
+    cli = run_cli(
+        ["fit", "--config", DEMO, *FAST, "--model.compile=true", "--trainer.max_epochs=1",
+         "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.scales=[3]"]
+    )  # fmt: skip
+    net = cli.model.model
+    assert net._compiled_call_impl is not None  # nn.Module.compile() in place
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    state = torch.load(in_tmp / "outputs/nlq_demo/checkpoints/last.ckpt", weights_only=True)["state_dict"]
+    assert state and not any("_orig_mod" in k for k in state)
+    batch = next(iter(cli.datamodule.val_dataloader()))
+    net.eval()
+    with torch.no_grad():
+        args = (batch["video"], batch["video_padding_mask"], batch["text"], batch["text_padding_mask"], 3)
+        compiled, eager = net(*args), net.forward(*args)  # __call__ is compiled, .forward is not
+    torch.testing.assert_close(compiled.start_logits, eager.start_logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(compiled.npm_scores, eager.npm_scores, atol=1e-5, rtol=1e-5)
+
+
+def test_inference_over_several_scales_projects_the_inputs_once():
+    """``predict_windows`` shares the scale-independent input projections; windows are unchanged."""
+    from repsuite.nlq.data import NLQSample, collate_nlq
+
+    torch.manual_seed(0)
+    module = NLQModule(video_dim=24, text_dim=12, hidden=32, num_heads=4, ffn=64, num_layers=2,
+                       span_layers=1, max_video_len=64, contrast_dim=8).eval()  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    samples = [
+        NLQSample(torch.randn(n, 24, generator=g), torch.randn(7, 12, generator=g), 3, 8, (1.6, 4.8),
+                  n / 1.875, i, (f"clip{i}", "ann", 0))
+        for i, n in enumerate((50, 37))
+    ]  # fmt: skip
+    batch = collate_nlq(samples)
+    calls = []
+    module.model.video_proj.register_forward_hook(lambda *_: calls.append(1))
+    with torch.no_grad():
+        shared = module.predict_windows(batch)
+        assert len(calls) == 1  # five scales, one projection
+        each = {k: module._forward(batch, k) for k in module.hparams.scales}  # a full pass per scale
+        separate = module.predict_windows(batch, each)
+    assert torch.equal(shared[0], separate[0]) and torch.equal(shared[1], separate[1])
