@@ -32,6 +32,7 @@ import argparse
 import gc
 import json
 import platform
+import statistics
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,8 +61,10 @@ class Case:
     text_len: int
     decoder: str = "pruned"  # "dense": the former L × L decoder, for the before / after comparison
     dropout: str = "repsuite"  # "torch": the former F.dropout / SDPA-internal dropout, for before / after
+    blocked: bool = True  # False: the former unblocked attention-with-dropout (whole score tensors)
     precision: str = "32"  # "bf16": forward and losses under bf16 autocast (the Trainer's bf16-mixed)
     compile: bool = False  # the network's forward through torch.compile (NLQModule(compile=True))
+    inference_scales: tuple[int, ...] | None = None  # K values pooled at inference (None: all five)
 
 
 def cases(quick: bool, compiled: bool = True) -> list[Case]:
@@ -70,10 +73,15 @@ def cases(quick: bool, compiled: bool = True) -> list[Case]:
     if compiled:
         out += [Case("train_cross_compiled", "train", "cross", b, lv, lt, compile=True)]
     out += [Case("train_cross_torchdropout", "train", "cross", b, lv, lt, dropout="torch")]
+    out += [Case("train_cross_unblocked", "train", "cross", b, lv, lt, blocked=False)]
     out += [Case("train_cross_bf16", "train", "cross", b, lv, lt, precision="bf16")]
     for length, tag in ((lv, f"{lv}"), (long, f"{long}")):
         out += [Case(f"infer{tag}_{a}", "infer", a, 1, length, lt) for a in ("cross", "self")]
     out += [Case(f"infer{long}_cross_bf16", "infer", "cross", 1, long, lt, precision="bf16")]
+    one = (4,)  # a single K at inference (NLQModule(inference_scales=[4])): the latency floor per scale
+    out += [Case(f"infer{long}_cross_1scale", "infer", "cross", 1, long, lt, inference_scales=one)]
+    out += [Case(f"infer{long}_cross_1scale_bf16", "infer", "cross", 1, long, lt, precision="bf16",
+                 inference_scales=one)]  # fmt: skip
     out += [Case(f"infer{long}_cross_dense", "infer", "cross", 1, long, lt, "dense")]
     out += [Case(f"decode{long}_{d}", "decode", "cross", 1, long, lt, d) for d in ("pruned", "dense")]
     return out
@@ -87,6 +95,7 @@ def build(case: Case, device: torch.device) -> tuple[NLQModule, dict, torch.opti
         text_dim=TEXT_DIM,
         attention=case.attention,
         max_video_len=max(600, case.video_len),
+        inference_scales=tuple(case.inference_scales) if case.inference_scales else None,
     ).to(device)
     g = torch.Generator().manual_seed(0)
     samples = []
@@ -134,6 +143,25 @@ def former_dropout(enabled: bool) -> Iterator[None]:
         dropout.dropout, attention._fast = saved
 
 
+@contextmanager
+def unblocked_attention(enabled: bool) -> Iterator[None]:
+    """With ``enabled``, the former CPU attention with dropout: the whole (B, H, Lq, Lk) scores per op."""
+    if not enabled:
+        yield
+        return
+    import repsuite.ops.attention as attention
+    import repsuite.ops.drop as dropout
+
+    saved = attention.dropout_attention
+    attention.dropout_attention = lambda q, k, v, mask, p: attention._explicit(
+        q, k, v, mask, p, dropout.dropout
+    )
+    try:
+        yield
+    finally:
+        attention.dropout_attention = saved
+
+
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 5) -> float:
     """Measured dense matmul throughput (FLOP/s) of an n × n by n × n product: the machine's peak."""
     a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
@@ -144,13 +172,16 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: i
 def step_flops(case: Case, device: torch.device) -> int:
     """FLOPs of one training step at a fixed K = 4 (forward + backward), counted by torch's FlopCounterMode.
 
-    Matmuls, convolutions and attention are counted; elementwise work is not (it is what keeps a step
-    below the matmul peak). The timed steps draw K from {2..6}, whose mean cost is K = 4's.
+    Matmuls, convolutions and attention are counted (the model's useful work: no recomputation);
+    elementwise work is not (it is what keeps a step below the matmul peak). The timed steps draw K
+    from {2..6}, whose mean cost is K = 4's.
     """
     from torch.utils.flop_counter import FlopCounterMode
 
     module, batch, _ = build(case, device)
-    with FlopCounterMode(display=False) as counter:
+    # counted on the unblocked attention: the blocked kernel's backward recomputes the scores (not useful
+    # work) and accumulates dK / dV with in-place baddbmm_, which the counter does not see
+    with FlopCounterMode(display=False) as counter, unblocked_attention(True):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
             terms = module.criterion(module._forward(batch, 4), batch)
         terms["loss"].backward()
@@ -165,7 +196,7 @@ def runner(case: Case, device: torch.device):
 
         def run() -> None:
             k = scales[int(torch.randint(len(scales), (), generator=draws))]
-            with former_dropout(case.dropout == "torch"):
+            with former_dropout(case.dropout == "torch"), unblocked_attention(not case.blocked):
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=case.precision == "bf16"):
                     terms = module.criterion(module._forward(batch, k), batch)
                 opt.zero_grad(set_to_none=True)
@@ -228,11 +259,15 @@ def main() -> None:
     print("-" * len(header))
     rows = []
     todo = cases(args.quick, compiled=not args.no_compile)
-    former = next(c for c in todo if c.dropout == "torch")
     today = next(c for c in todo if c.name == "train_cross")
-    # the dropout before / after pair is timed interleaved (ABBA), each path seeing the same K sequence
-    t_today, t_former = abba_seconds(runner(today, device), runner(former, device), device, max(reps, 4))
-    paired = {today.name: t_today, former.name: t_former}
+    # before / after pairs are timed interleaved (ABBA), each path seeing the same K sequence; today's
+    # step keeps the median of both pairings
+    paired, today_times = {}, []
+    for former in (c for c in todo if c.dropout == "torch" or not c.blocked):
+        t_today, t_former = abba_seconds(runner(today, device), runner(former, device), device, max(reps, 4))
+        paired[former.name] = t_former
+        today_times.append(t_today)
+    paired[today.name] = statistics.median(today_times)
     for case in todo:
         timed = paired.get(case.name)
         secs = timed if timed is not None else median_seconds(runner(case, device), device, reps)
@@ -268,8 +303,14 @@ def main() -> None:
     ratios["training step: former dropout / today's time"] = round(
         by["train_cross_torchdropout"]["seconds"] / by["train_cross"]["seconds"], 2
     )
+    ratios["training step: unblocked / blocked attention time"] = round(
+        by["train_cross_unblocked"]["seconds"] / by["train_cross"]["seconds"], 2
+    )
     ratios[f"hour-long query ({long} bins): float32 / bf16-mixed time"] = round(
         by[f"infer{long}_cross"]["seconds"] / by[f"infer{long}_cross_bf16"]["seconds"], 2
+    )
+    ratios[f"hour-long query ({long} bins): 5 scales / 1 scale time"] = round(
+        by[f"infer{long}_cross"]["seconds"] / by[f"infer{long}_cross_1scale"]["seconds"], 2
     )
     if "train_cross_compiled" in by:
         ratios["training step: eager / torch.compile time"] = round(

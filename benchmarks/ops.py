@@ -20,7 +20,11 @@ Cases (from the thesis and issue #2):
 * StyleGAN2-512 modulated convolutions, B=4, 3×3, demodulated: 512 ch at 32 px, 256 ch at 128 px,
   64 ch at 512 px, and the 512 ch 2× upsampling conv; variants fast (auto), grouped-only, scaled-only
   and the per-sample reference loop;
-* fused leaky ReLU on (4, 64, 512, 512).
+* fused leaky ReLU on (4, 64, 512, 512);
+* the NLQ span encoder's training kernels, B=32, L=600, D=256: self-attention with dropout 0.1 on the
+  weights (fast: the blocked kernel; unblocked: the same maths on whole (B, H, L, L) tensors with the same
+  cheap dropout mask; reference: the explicit path with ``F.dropout``), and the depthwise convolution
+  (kernel 7) along L of a (B, L, D) sequence.
 It also measures the fp32 matmul peak of this device, so kernel throughput reads as a fraction of it.
 """
 
@@ -44,6 +48,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks._common import fmt_bytes, peak_above_resting, probe_in_subprocess, sync
 from repsuite.ops import (
+    depthwise_conv1d,
+    depthwise_conv1d_reference,
+    dropout,
     fused_leaky_relu,
     fused_leaky_relu_reference,
     modulated_conv2d,
@@ -123,6 +130,17 @@ def modconv_cases(quick: bool) -> list[Case]:
     return out
 
 
+def span_encoder_cases(quick: bool) -> list[Case]:
+    b, length = (4, 600) if quick else (32, 600)
+    attn_flops = 6 * 2 * b * HEADS * length * length * DH  # fwd 2 matmuls, bwd 4 (recomputed: not counted)
+    return [
+        Case("span_selfattn_dropout", "dropattn", {"b": b, "l": length, "p": 0.1},
+             ("fast", "unblocked", "reference"), attn_flops),
+        Case("span_dwconv_k7", "dwconv", {"b": b, "l": length, "k": 7}, ("fast", "reference"),
+             3 * 2 * b * length * D_MODEL * 7),
+    ]  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------- runners
 def make_runner(case: Case, variant: str, device: torch.device) -> tuple[list[torch.Tensor], Callable]:
     """Inputs (leaf tensors requiring grad) and a function computing the summed output."""
@@ -147,6 +165,24 @@ def make_runner(case: Case, variant: str, device: torch.device) -> tuple[list[to
             return [qv, kv, vv, qt, kt, vt], run
         q, k, v = (leaf(b, HEADS, lv + lt, DH) for _ in range(3))
         return [q, k, v], lambda: fn(q, k, v).sum()
+
+    if case.kind == "dropattn":
+        from repsuite.ops import attention as attention_mod
+
+        q, k, v = (leaf(p["b"], HEADS, p["l"], DH) for _ in range(3))
+        pad = torch.zeros(p["b"], p["l"], dtype=torch.bool, device=device)
+        pad[1::2, p["l"] * 3 // 4 :] = True  # half the batch padded, as clips of several lengths are
+        if variant == "unblocked":
+            mask = (~pad)[:, None, None, :]
+            return [q, k, v], lambda: attention_mod._explicit(q, k, v, mask, p["p"], dropout).sum()
+        fn = multi_head_attention if variant == "fast" else multi_head_attention_reference
+        return [q, k, v], lambda: fn(q, k, v, key_padding_mask=pad, dropout_p=p["p"]).sum()
+
+    if case.kind == "dwconv":
+        x = leaf(p["b"], p["l"], D_MODEL)
+        w, bias = leaf(D_MODEL, 1, p["k"], scale=0.3), leaf(D_MODEL)
+        fn = depthwise_conv1d if variant == "fast" else depthwise_conv1d_reference
+        return [x, w, bias], lambda: fn(x, w, bias).square().sum()
 
     if case.kind == "modconv":
         b, c, r, up = p["b"], p["c"], p["r"], p["up"]
@@ -314,6 +350,7 @@ def main() -> None:
     print(f"fp32 matmul peak: {peak:.1f} GFLOP/s\n")
 
     cases = attention_cases(args.quick, args.run_100k_self) + modconv_cases(args.quick)
+    cases += span_encoder_cases(args.quick)
     if args.only:
         cases = [c for c in cases if args.only in c.name]
     rows: list[Row] = []
@@ -426,6 +463,15 @@ def summarise(rows: list[Row]) -> dict[str, str]:
             mark = "~" if sf.estimated else ""
             out[f"{tag} time: self-attn fast / co-attn fast"] = f"{mark}{sf.seconds / fast.seconds:.1f}x"
     for r in rows:
+        if r.case == "span_selfattn_dropout" and r.variant == "fast":
+            for other in ("unblocked", "reference"):
+                o = by[(r.case, other)]
+                out[f"{r.case}: {other} time / fast time"] = f"{ratio(o.seconds, r.seconds):.2f}x"
+                if r.peak_bytes and o.peak_bytes:
+                    out[f"{r.case}: memory {other} / fast"] = f"{o.peak_bytes / r.peak_bytes:.2f}"
+        if r.case == "span_dwconv_k7" and r.variant == "fast":
+            ref = by[(r.case, "reference")]
+            out[f"{r.case}: reference time / fast time"] = f"{ratio(ref.seconds, r.seconds):.2f}x"
         if r.case.startswith("modconv") and r.variant == "fast":
             grouped, ref = by[(r.case, "grouped")], by[(r.case, "reference")]
             out[f"{r.case}: grouped-only time / fast time"] = f"{ratio(grouped.seconds, r.seconds):.2f}x"

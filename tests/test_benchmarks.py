@@ -38,10 +38,27 @@ def test_ops_benchmark_runs_and_writes_json(tmp_path):
 
 
 @pytest.mark.slow
+def test_ops_benchmark_span_encoder_kernels(tmp_path):
+    out = tmp_path / "ops.json"
+    cmd = [PYTHON, str(ROOT / "benchmarks/ops.py"), "--quick", "--only", "span", "--reps", "1", "--no-memory"]
+    res = subprocess.run(
+        [*cmd, "--out", str(out)], capture_output=True, text=True, env=subprocess_env(), timeout=600
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "span_selfattn_dropout: unblocked time / fast time" in res.stdout
+    assert "span_dwconv_k7: reference time / fast time" in res.stdout
+    rows = {(r["case"], r["variant"]) for r in json.loads(out.read_text())["rows"]}
+    assert rows == {("span_selfattn_dropout", v) for v in ("fast", "unblocked", "reference")} | {
+        ("span_dwconv_k7", "fast"),
+        ("span_dwconv_k7", "reference"),
+    }
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "script, args, expect",
     [
-        ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "train_cross_bf16: % of bfloat16 matmul peak"),
+        ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "unblocked / blocked attention time"),
         ("faceswap.py", ["--quick", "--reps", "1", "--no-memory"], "fixed bf16"),
         (
             "nlq_ablation.py",

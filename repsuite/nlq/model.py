@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from einops import rearrange, repeat
 from torch import Tensor, nn
 
-from repsuite.ops import Dropout, MultiHeadCrossAttention
+from repsuite.ops import Dropout, MultiHeadCrossAttention, depthwise_conv1d
 
 __all__ = ["NLQModel", "NLQModelConfig", "NLQOutput"]
 
@@ -126,14 +126,17 @@ def segment_layout(video_pad: Tensor, k: int, by: Literal["clip", "batch"]) -> S
     """Split every clip into ``k`` equal segments of ⌈n / k⌉ bins (fewer segments when n < k).
 
     ``n`` is the clip's own number of bins (``by="clip"``) or the padded batch length (``by="batch"``, the
-    author's release). Vectorised over the batch: segment slots (B, K, S), S the longest segment.
+    author's release). Vectorised over the batch: segment slots (B, K, S), S = ⌈Lv / k⌉.
     """
     b, lv = video_pad.shape
     dev = video_pad.device
     n = (~video_pad).sum(1) if by == "clip" else torch.full((b,), lv, device=dev)
     n = n.clamp(min=1)
     length = torch.div(n + k - 1, k, rounding_mode="floor")  # (B,) ceil(n / k)
-    s = int(length.max())
+    # slots per segment from the padded length, not the longest clip (the same when the batch is padded to
+    # its longest clip, as collate_nlq does): no host sync, so torch.compile keeps one graph; slots past a
+    # clip's own segment length are padding either way
+    s = max(1, -(-lv // k))
     j = torch.arange(k, device=dev)[None, :, None]  # (1, K, 1)
     i = torch.arange(s, device=dev)[None, None, :]  # (1, 1, S)
     bins = j * length[:, None, None] + i  # (B, K, S)
@@ -268,8 +271,10 @@ class ConvBlock(nn.Module):
     def forward(self, x: Tensor, pad: Tensor) -> Tensor:
         """(B, L, D) -> (B, L, D); padded bins are zeroed before the convolution."""
         h = self.norm(x).masked_fill(pad[..., None], 0.0)
-        h = rearrange(h, "b l d -> b d l")  # (B, D, L) for Conv1d
-        h = rearrange(self.pointwise(F.gelu(self.depthwise(h))), "b d l -> b l d")  # (B, L, D)
+        # the Conv1d parameters (checkpoint layout) applied along L of (B, L, D) without transposes: the
+        # depthwise one as a channels-last convolution, the 1 × 1 one as the matmul it is
+        h = F.gelu(depthwise_conv1d(h, self.depthwise.weight, self.depthwise.bias))  # (B, L, D)
+        h = F.linear(h, self.pointwise.weight[..., 0], self.pointwise.bias)  # (B, L, D)
         return x + self.drop(h)
 
 

@@ -1,4 +1,4 @@
-"""Kernels shared by the tasks: video↔text attention, StyleGAN2 modulated convolution, dropout.
+"""Kernels shared by the tasks: attention, StyleGAN2 modulated convolution, dropout, depthwise conv.
 
 Pure torch + einops. Every op has a fast path and a plain reference path; the reference paths are forced
 with ``REPSUITE_REFERENCE_OPS=1`` or :func:`reference_ops`.
@@ -11,6 +11,7 @@ from repsuite.ops.attention import (
     multi_head_attention_reference,
 )
 from repsuite.ops.config import reference_ops, set_reference_ops, use_reference_ops
+from repsuite.ops.conv1d import depthwise_conv1d, depthwise_conv1d_reference
 from repsuite.ops.drop import Dropout, dropout, dropout_reference, quantised_drop_probability
 from repsuite.ops.modconv import (
     choose_formulation,
@@ -26,6 +27,8 @@ __all__ = [
     "MultiHeadCrossAttention",
     "auto_query_chunk_size",
     "choose_formulation",
+    "depthwise_conv1d",
+    "depthwise_conv1d_reference",
     "dropout",
     "dropout_reference",
     "fused_leaky_relu",

@@ -23,11 +23,12 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from repsuite.ops.config import use_reference_ops
-from repsuite.ops.drop import dropout
+from repsuite.ops.drop import dropout, keep_mask, quantised_drop_probability
 
 __all__ = [
     "MultiHeadCrossAttention",
     "auto_query_chunk_size",
+    "dropout_attention",
     "multi_head_attention",
     "multi_head_attention_reference",
 ]
@@ -116,10 +117,130 @@ def _valid_and_keep(key_padding_mask: Tensor | None, q: Tensor) -> tuple[Tensor 
 def _fast(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:
     if dropout_p > 0.0 and q.device.type == "cpu":
         # SDPA's CPU kernels take no dropout, so it falls back to its math path, which materialises the
-        # scores anyway and draws its mask with bernoulli_ (most of the NLQ span encoder's time at 600 bins):
-        # the same maths here with repsuite.ops.dropout's cheaper mask.
-        return _explicit(q, k, v, attn_mask, dropout_p, dropout)
+        # scores for the whole batch and draws its mask with bernoulli_ (most of the NLQ span encoder's time
+        # at 600 bins): a blocked kernel with repsuite.ops.dropout's cheaper mask instead. Under torch.compile
+        # the explicit form, which inductor fuses itself (tracing the blocked loop would unroll it)
+        if torch.compiler.is_compiling():
+            return _explicit(q, k, v, attn_mask, dropout_p, dropout)
+        return dropout_attention(q, k, v, attn_mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+
+
+# Score bytes per block of the blocked dropout attention: a block's scores, weights and mask stay in the
+# CPU's cache through the softmax → dropout → matmul chain instead of streaming (B, H, Lq, Lk) tensors
+# through memory once per operation (at 600 × 600 × 8 heads × batch 32 that is 370 MB per pass).
+BLOCK_SCORE_BYTES = 3 * 2**20
+
+
+def _blocks(n: int, len_q: int, len_k: int) -> list[tuple[slice, slice]]:
+    """(rows of the flattened B·H axis, query range) blocks of about :data:`BLOCK_SCORE_BYTES` scores."""
+    per_query = 4 * max(len_k, 1)
+    q_block = max(1, min(len_q, BLOCK_SCORE_BYTES // per_query))
+    rows = max(1, BLOCK_SCORE_BYTES // (per_query * q_block)) if q_block == len_q else 1
+    return [
+        (slice(i, min(n, i + rows)), slice(j, min(len_q, j + q_block)))
+        for i in range(0, n, rows)
+        for j in range(0, len_q, q_block)
+    ]
+
+
+class _DropoutAttention(torch.autograd.Function):
+    """softmax(Q Kᵀ / √d + bias) ∘ M / (1 − p) · V, computed block by block.
+
+    Saves only Q, K, V, the bool dropout mask M and the output; backward recomputes each block's weights
+    (as flash attention does) and uses rowsum(dO ∘ O) for the softmax gradient, so no (Lq, Lk) float
+    tensor outlives its block. Inputs are (N, L, d) with N = B · H; ``bias`` is (N, 1, Lk) or None.
+    """
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float, keep: Tensor | None):
+        scale = 1.0 / math.sqrt(q.shape[-1])
+        with torch.autocast(q.device.type, enabled=False):  # inputs share a dtype already (bf16 or not)
+            out, keep, drop = _DropoutAttention._forward(q, k, v, bias, p, keep, scale)
+        ctx.save_for_backward(q, k, v, bias, keep, out)
+        ctx.scale, ctx.keep_scale = scale, 1.0 / (1.0 - drop)
+        return out
+
+    @staticmethod
+    def _forward(
+        q: Tensor, k: Tensor, v: Tensor, bias: Tensor | None, p: float, keep: Tensor | None, scale: float
+    ) -> tuple[Tensor, Tensor, float]:
+        n, len_q, _ = q.shape
+        len_k = k.shape[1]
+        drop = quantised_drop_probability(p)
+        out = q.new_empty(n, len_q, v.shape[-1])  # (N, Lq, Dv)
+        draw = keep is None
+        if draw:
+            keep = torch.empty(n, len_q, len_k, dtype=torch.bool, device=q.device)
+        for rows, qs in _blocks(n, len_q, len_k):
+            weights = _block_weights(q[rows, qs], k[rows], None if bias is None else bias[rows], scale)
+            if draw:
+                keep[rows, qs] = keep_mask(weights, drop)
+            weights.mul_(keep[rows, qs])
+            torch.bmm(weights.to(v.dtype), v[rows], out=out[rows, qs])
+        return out.mul_(1.0 / (1.0 - drop)), keep, drop
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, bias, keep, out = ctx.saved_tensors
+        scale, keep_scale = ctx.scale, ctx.keep_scale
+        grad_out = grad_out.contiguous()
+        dq, dk, dv = torch.empty_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        # rowsum(dP ∘ P) of the softmax gradient equals rowsum(dO ∘ O): no pass over the weights for it
+        acc = torch.promote_types(q.dtype, torch.float32)  # softmax-gradient precision (fp32 for half types)
+        delta = (grad_out.to(acc) * out.to(acc)).sum(-1, keepdim=True)  # (N, Lq, 1)
+        for rows, qs in _blocks(q.shape[0], q.shape[1], k.shape[1]):
+            weights = _block_weights(q[rows, qs], k[rows], None if bias is None else bias[rows], scale)
+            mask, g = keep[rows, qs], grad_out[rows, qs]
+            dropped = (weights * mask).to(v.dtype)  # (n, lq, Lk): the weights that reached V
+            dv[rows].baddbmm_(dropped.transpose(1, 2), g, alpha=keep_scale)
+            grad_w = torch.bmm(g, v[rows].transpose(1, 2)).to(acc)  # (n, lq, Lk)
+            grad_s = grad_w.mul_(mask).mul_(keep_scale).sub_(delta[rows, qs]).mul_(weights).to(q.dtype)
+            torch.bmm(grad_s, k[rows], out=dq[rows, qs]).mul_(scale)
+            dk[rows].baddbmm_(grad_s.transpose(1, 2), q[rows, qs], alpha=scale)
+        return dq, dk, dv, None, None, None
+
+
+def _block_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> Tensor:
+    """(n, lq, d), (n, Lk, d), (n, 1, Lk) additive mask -> float32 (or wider) softmax weights (n, lq, Lk)."""
+    if bias is None:
+        scores = torch.bmm(q, k.transpose(1, 2)).mul_(scale)
+    else:
+        scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+    return scores.softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
+
+
+def dropout_attention(
+    q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float, keep: Tensor | None = None
+) -> Tensor:
+    """Attention with dropout on the weights, blocked (the CPU fast path when ``dropout_p > 0``).
+
+    Args:
+        q: queries (B, H, Lq, Dh).
+        k: keys (B, H, Lk, Dh).
+        v: values (B, H, Lk, Dv).
+        attn_mask: bool, broadcastable to (B, H, Lq, Lk), ``True`` where a key may be attended (as SDPA).
+        dropout_p: drop probability, applied as :func:`repsuite.ops.dropout` does (quantised to 2⁻¹⁶).
+        keep: optional bool (B, H, Lq, Lk) dropout mask to use instead of drawing one (tests).
+
+    Returns:
+        (B, H, Lq, Dv), the same maths as the explicit path with that mask.
+    """
+    b, h, len_q, _ = q.shape
+    len_k = k.shape[2]
+    flat = [rearrange(t, "b h l d -> (b h) l d").contiguous() for t in (q, k, v)]  # (B·H, L, d)
+    bias = None
+    if attn_mask is not None:  # additive (B·H, 1, Lk): fused into the score matmul by baddbmm
+        if attn_mask.shape[-2] != 1:
+            raise ValueError("dropout_attention: `attn_mask` must be a key mask broadcast over queries")
+        bias = torch.zeros(attn_mask.shape, dtype=q.dtype, device=q.device).masked_fill_(
+            ~attn_mask, -math.inf
+        )
+        bias = rearrange(bias.expand(b, h, 1, len_k), "b h 1 k -> (b h) 1 k").contiguous()
+    if keep is not None:
+        keep = rearrange(keep.expand(b, h, len_q, len_k), "b h q k -> (b h) q k").contiguous()
+    out = _DropoutAttention.apply(*flat, bias, dropout_p, keep)  # (B·H, Lq, Dv)
+    return rearrange(out, "(b h) l d -> b h l d", b=b)
 
 
 def _reference(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: float) -> Tensor:

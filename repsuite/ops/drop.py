@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from repsuite.ops.config import use_reference_ops
 
-__all__ = ["Dropout", "dropout", "dropout_reference", "quantised_drop_probability"]
+__all__ = ["Dropout", "dropout", "dropout_reference", "keep_mask", "quantised_drop_probability"]
 
 _LEVELS = 1 << 16  # int16 values per random draw
 
@@ -45,7 +45,7 @@ def dropout_reference(x: Tensor, p: float = 0.5, training: bool = True) -> Tenso
     return F.dropout(x, p, training)
 
 
-def _keep_mask(x: Tensor, q: float) -> Tensor:
+def keep_mask(x: Tensor, q: float) -> Tensor:
     """(x.shape) bool, each element True with probability 1 − q (q: :func:`quantised_drop_probability`)."""
     n = x.numel()
     bits = torch.randint(-(2**63), 2**63 - 1, ((n + 3) // 4,), dtype=torch.int64, device=x.device)
@@ -84,7 +84,7 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
         return x
     if q == 1.0:
         return F.dropout(x, 1.0, training)
-    return _MaskedScale.apply(x, _keep_mask(x, q), 1.0 / (1.0 - q))
+    return _MaskedScale.apply(x, keep_mask(x, q), 1.0 / (1.0 - q))
 
 
 class Dropout(nn.Dropout):

@@ -199,3 +199,65 @@ def test_dropout_only_in_training():
     assert torch.equal(attn(x, ctx), attn(x, ctx))
     attn.train()
     assert not torch.equal(attn(x, ctx), attn(x, ctx))
+
+
+def _explicit_with_mask(q, k, v, key_padding_mask, keep, p):
+    """softmax(QKᵀ/√d) with padding, times a given dropout mask / (1 − p'), times V (the textbook form)."""
+    from repsuite.ops.drop import quantised_drop_probability
+
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5
+    scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    return (scores.softmax(-1) * keep / (1 - quantised_drop_probability(p))) @ v
+
+
+@pytest.mark.parametrize("budget", [None, 4 * 13 * 3, 8])  # one block; query blocks of 3; one query per block
+def test_blocked_dropout_attention_matches_explicit_formula(monkeypatch, budget):
+    if budget is not None:
+        monkeypatch.setattr(attention_mod, "BLOCK_SCORE_BYTES", budget)
+    q, k, v = _qkv(b=3, h=2, lq=11, lk=13, d=8, dv=6, dtype=torch.float64)
+    pad = _mask(3, 13)
+    keep = torch.rand(3, 2, 11, 13, generator=torch.Generator().manual_seed(5)) > 0.3
+    assert len(attention_mod._blocks(6, 11, 13)) == {None: 1, 4 * 13 * 3: 24, 8: 66}[budget]
+    got = _grads(attention_mod.dropout_attention, q, k, v, attn_mask=(~pad)[:, None, None, :],
+                 dropout_p=0.3, keep=keep)  # fmt: skip
+    want = _grads(_explicit_with_mask, q, k, v, key_padding_mask=pad, keep=keep, p=0.3)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
+
+
+def test_blocked_dropout_attention_bf16_close_to_float64():
+    q, k, v = _qkv(b=2, h=2, lq=40, lk=24, d=16, dtype=torch.float64)
+    pad = _mask(2, 24)
+    keep = torch.rand(2, 2, 40, 24, generator=torch.Generator().manual_seed(5)) > 0.1
+    got = _grads(attention_mod.dropout_attention, *(t.bfloat16() for t in (q, k, v)),
+                 attn_mask=(~pad)[:, None, None, :], dropout_p=0.1, keep=keep)  # fmt: skip
+    want = _grads(_explicit_with_mask, q, k, v, key_padding_mask=pad, keep=keep, p=0.1)
+    for a, b in zip(got, want, strict=True):
+        assert a.dtype == torch.bfloat16
+        torch.testing.assert_close(a.double(), b, rtol=5e-2, atol=5e-2)
+
+
+def test_blocked_dropout_attention_draws_a_fair_seeded_mask():
+    # q = k = 0: every key weighs 1/Lk, so with V = 1 each output is (kept keys / Lk) / (1 − p')
+    q = torch.zeros(2, 4, 64, 8)
+    v = torch.ones(2, 4, 256, 8)
+    torch.manual_seed(0)
+    out = attention_mod.dropout_attention(q, torch.zeros(2, 4, 256, 8), v, None, 0.25)
+    kept = out[..., 0] * 0.75  # fraction of kept keys per query row
+    assert abs(kept.mean().item() - 0.75) < 0.01  # 32,768 row draws of 256 keys each
+    assert kept.std().item() > 0.01  # rows differ: a real mask, not a constant scale
+    torch.manual_seed(0)
+    assert torch.equal(out, attention_mod.dropout_attention(q, torch.zeros(2, 4, 256, 8), v, None, 0.25))
+
+
+def test_training_attention_on_cpu_takes_the_blocked_kernel(monkeypatch):
+    calls = []
+    real = attention_mod.dropout_attention
+    monkeypatch.setattr(
+        attention_mod, "dropout_attention", lambda *a, **kw: calls.append(1) or real(*a, **kw)
+    )
+    q, k, v = _qkv()
+    multi_head_attention(q, k, v, key_padding_mask=_mask(2, 5), dropout_p=0.1)
+    assert calls == [1]
+    multi_head_attention(q, k, v, key_padding_mask=_mask(2, 5), dropout_p=0.0)  # no dropout: SDPA
+    assert calls == [1]
