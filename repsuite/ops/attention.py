@@ -23,7 +23,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from repsuite.ops.config import use_reference_ops
-from repsuite.ops.drop import dropout, keep_mask, quantised_drop_probability
+from repsuite.ops.drop import keep_mask, quantised_drop_probability
 
 __all__ = [
     "MultiHeadCrossAttention",
@@ -118,11 +118,9 @@ def _fast(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, dropout_p: 
     if dropout_p > 0.0 and q.device.type == "cpu":
         # SDPA's CPU kernels take no dropout, so it falls back to its math path, which materialises the
         # scores for the whole batch and draws its mask with bernoulli_ (most of the NLQ span encoder's time
-        # at 600 bins): a blocked kernel with repsuite.ops.dropout's cheaper mask instead. Under torch.compile
-        # the explicit form, which inductor fuses itself (tracing the blocked loop would unroll it)
-        if torch.compiler.is_compiling():
-            return _explicit(q, k, v, attn_mask, dropout_p, dropout)
-        return dropout_attention(q, k, v, attn_mask, dropout_p)
+        # at 600 bins): a blocked kernel with repsuite.ops.dropout's cheaper mask instead. torch.compile runs
+        # it as an opaque eager call (tracing its block loop would unroll it into a huge graph)
+        return _dropout_attention_eager(q, k, v, attn_mask, dropout_p)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
 
 
@@ -208,6 +206,11 @@ def _block_weights(q: Tensor, k: Tensor, bias: Tensor | None, scale: float) -> T
     else:
         scores = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
     return scores.softmax(dim=-1, dtype=torch.promote_types(q.dtype, torch.float32))
+
+
+@torch.compiler.disable
+def _dropout_attention_eager(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None, p: float) -> Tensor:
+    return dropout_attention(q, k, v, attn_mask, p)
 
 
 def dropout_attention(
