@@ -1,6 +1,6 @@
 """Narrations as queries (NaQ) on synthetic data: does pre-training on narrations help when NLQ is scarce?
 
-    python benchmarks/nlq_naq.py                          # 3 seeds, 2 at a time (~40 min per seed and core)
+    python benchmarks/nlq_naq.py                          # 3 seeds, 2 at a time (~30 min per seed and core)
     python benchmarks/nlq_naq.py --seeds 0 --quick        # plumbing check
 
 A synthetic Ego4D download in the official layout (``repsuite.nlq.synthetic``) with few NLQ training queries
