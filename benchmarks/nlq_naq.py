@@ -70,12 +70,6 @@ def fit(data: Path, out: Path, seed: int, steps: int, extra: list[str]):
     )
 
 
-def _iou(a: list[float], b: tuple[float, float]) -> float:
-    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
-    union = max(a[1], b[1]) - min(a[0], b[0])
-    return inter / union if union > 0 else 0.0
-
-
 def score_val(cli, data: Path, seed: int) -> tuple[dict, dict]:
     """Predict the validation split with the fitted model; official scores and a random-window baseline.
 
@@ -83,29 +77,28 @@ def score_val(cli, data: Path, seed: int) -> tuple[dict, dict]:
     question names (``seen R@1 IoU0.3``) and on the others (``unseen R@1 IoU0.3``), the ones only narrations
     can teach.
     """
-    from repsuite.nlq.evaluation import evaluate_nlq, load_json, random_window_baseline
+    from repsuite.nlq.evaluation import evaluate_nlq, ground_truth_index, load_json, random_window_baseline
 
     gt = load_json(data / "v2/annotations/nlq_val.json")
     train = load_json(data / "v2/annotations/nlq_train.json")
     named = {q["slot_x"] for v in train["videos"] for c in v["clips"] for a in c["annotations"]
              for q in a["language_queries"]}  # fmt: skip
-    truth = {(c["clip_uid"], a["annotation_uid"], i): q for v in gt["videos"] for c in v["clips"]
-             for a in c["annotations"] for i, q in enumerate(a["language_queries"])}  # fmt: skip
     cli.datamodule.setup("validate")
     batches = cli.trainer.predict(cli.model, dataloaders=cli.datamodule.val_dataloader())
     results = [e for b in batches for e in b]
     sub = {"version": "1.0", "challenge": "ego4d_nlq_challenge", "results": results}
+    official = evaluate_nlq(sub, gt)
     chance = evaluate_nlq(random_window_baseline(sub, gt, seed=seed), gt)
+    truth = ground_truth_index(gt)
     hits: dict[bool, list[bool]] = {True: [], False: []}
-    for e in results:
-        q = truth[(e["clip_uid"], e["annotation_uid"], e["query_idx"])]
-        top1 = _iou(e["predicted_times"][0], (q["clip_start_sec"], q["clip_end_sec"]))
-        hits[q["slot_x"] in named].append(top1 >= 0.3)
+    for e, ious in zip(results, official.per_entry_iou, strict=True):  # the evaluator's IoUs, entry order
+        q = truth[(e["clip_uid"], e["annotation_uid"])][e["query_idx"]]
+        hits[q["slot_x"] in named].append(ious[0] > 0.3)  # the official hit rule (IoU > t)
     split = {
         f"{name} R@1 IoU0.3": 100.0 * sum(h) / max(1, len(h))
         for name, h in (("seen", hits[True]), ("unseen", hits[False]))
     }
-    return scores(evaluate_nlq(sub, gt)) | split, scores(chance)
+    return scores(official) | split, scores(chance)
 
 
 def run_seed(
