@@ -7,6 +7,7 @@ with ``REPSUITE_REFERENCE_OPS=1`` or :func:`reference_ops`.
 from repsuite.ops.attention import (
     MultiHeadCrossAttention,
     auto_query_chunk_size,
+    dropout_attention,
     multi_head_attention,
     multi_head_attention_reference,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "depthwise_conv1d",
     "depthwise_conv1d_reference",
     "dropout",
+    "dropout_attention",
     "dropout_reference",
     "fused_leaky_relu",
     "fused_leaky_relu_reference",
