@@ -19,7 +19,10 @@ one source, as when swapping a video or a folder):
 * fixed: ``G.fixed_source(id)(target)``, the identity folded into plain convolution weights once (the fold is
   outside the timing: it is done once per source);
 * fixed bf16: the same under bf16 autocast with channels-last tensors (``FaceSwapper(precision=
-  "bf16-mixed")``; on CPUs with AMX and on GPUs with tensor cores); its largest difference to fp32 is printed.
+  "bf16-mixed")``; on CPUs with AMX and on GPUs with tensor cores); its largest difference to fp32 is printed;
+* fixed compiled: the fixed path in fp32 through ``torch.compile`` with Inductor's freezing, channels-last
+  (``FaceSwapper(compile=True)``, ``G.fixed_source(id).compiled()``); the compile (about a minute per size on
+  2 CPU cores, once per source) is outside the timing and printed; ``--no-compile`` skips it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import gc
 import json
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -51,8 +55,9 @@ class Case:
     narrow: float
 
 
-def inference_paths(size: int, narrow: float, device: torch.device):
-    """Runners of the general, fixed-source and fixed-source bf16 inference paths on the same inputs."""
+def inference_paths(size: int, narrow: float, device: torch.device, compiled: bool = False):
+    """Runners of the general, fixed-source, fixed-source bf16 (and, with ``compiled``, fixed-source
+    compiled) inference paths on the same inputs; the last is None without ``compiled``."""
     torch.manual_seed(0)
     cfg = FaceSwapGeneratorConfig(out_size=size, narrow=narrow, channel_multiplier=1)
     gen = FaceSwapGenerator(cfg).to(device).eval()
@@ -61,6 +66,8 @@ def inference_paths(size: int, narrow: float, device: torch.device):
     with torch.no_grad():
         fixed = gen.fixed_source(ident)
         fixed_cl = to_channels_last(copy.deepcopy(gen)).fixed_source(ident)
+        # compiled() converts the generator it shares to channels-last: a copy, so `general` stays NCHW
+        fixed_compiled = copy.deepcopy(gen).fixed_source(ident).compiled() if compiled else None
     x_cl = x.contiguous(memory_format=torch.channels_last)
     ids = ident.expand(4, -1)
 
@@ -77,12 +84,19 @@ def inference_paths(size: int, narrow: float, device: torch.device):
         with torch.autocast(device.type, dtype=torch.bfloat16):
             return fixed_cl(x_cl)
 
-    return general, folded, folded_bf16
+    @torch.no_grad()
+    def folded_compiled() -> Tensor:
+        assert fixed_compiled is not None
+        return fixed_compiled(x)
+
+    return general, folded, folded_bf16, (folded_compiled if compiled else None)
 
 
-def compare_inference(size: int, narrow: float, device: torch.device, reps: int) -> dict:
+def compare_inference(
+    size: int, narrow: float, device: torch.device, reps: int, compiled: bool = False
+) -> dict:
     """Time the inference paths side by side (A B B A against the general path); print and return them."""
-    general, folded, folded_bf16 = inference_paths(size, narrow, device)
+    general, folded, folded_bf16, folded_compiled = inference_paths(size, narrow, device, compiled)
     ref = general()
     err_fixed = (folded() - ref).abs().max().item()
     err_bf16 = (folded_bf16().float() - ref).abs().max().item()
@@ -94,9 +108,23 @@ def compare_inference(size: int, narrow: float, device: torch.device, reps: int)
         f"({t_gen2 / t_bf16:4.2f}x, max |diff| {err_bf16:.2f})",
         flush=True,
     )
-    return {"size": size, "general_s": t_gen, "fixed_s": t_fixed, "general_s_2": t_gen2,
-            "fixed_bf16_s": t_bf16, "fixed_max_abs_diff": err_fixed,
-            "fixed_bf16_max_abs_diff": err_bf16}  # fmt: skip
+    record = {"size": size, "general_s": t_gen, "fixed_s": t_fixed, "general_s_2": t_gen2,
+              "fixed_bf16_s": t_bf16, "fixed_max_abs_diff": err_fixed,
+              "fixed_bf16_max_abs_diff": err_bf16}  # fmt: skip
+    if folded_compiled is not None:
+        t0 = time.perf_counter()
+        err_comp = (folded_compiled() - ref).abs().max().item()  # the first call compiles
+        compile_s = time.perf_counter() - t0
+        t_fixed2, t_comp = abba_seconds(folded, folded_compiled, device, reps)
+        print(
+            f"{size:>4} px  fixed {t_fixed2 * 1e3:7.0f} ms   fixed compiled {t_comp * 1e3:7.0f} ms "
+            f"({t_fixed2 / t_comp:4.2f}x the fixed path, {t_gen / t_comp:4.2f}x general; max |diff| "
+            f"{err_comp:.1e}; compiled in {compile_s:.0f} s)",
+            flush=True,
+        )
+        record |= {"fixed_s_2": t_fixed2, "fixed_compiled_s": t_comp, "fixed_compiled_max_abs_diff": err_comp,
+                   "compile_s": compile_s}  # fmt: skip
+    return record
 
 
 def cases(quick: bool) -> list[Case]:
@@ -132,6 +160,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--reps", type=int, default=None, help="timed repetitions (default 3, quick 2)")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled fixed-source path")
     ap.add_argument("--out", default="benchmarks/results/faceswap.json")
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -162,7 +191,7 @@ def main() -> None:
     print("\ninference paths, B = 4 targets of one source, A B B A (ratio = general / path):")
     narrow = cases(args.quick)[0].narrow
     sizes = sorted({c.size for c in cases(args.quick)})
-    paths = [compare_inference(size, narrow, device, reps) for size in sizes]
+    paths = [compare_inference(size, narrow, device, reps, not args.no_compile) for size in sizes]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     record = {"device": str(device), "threads": threads, "reps": reps, "rows": rows, "inference_paths": paths}

@@ -59,7 +59,7 @@ def test_ops_benchmark_span_encoder_kernels(tmp_path):
     "script, args, expect",
     [
         ("nlq.py", ["--quick", "--reps", "1", "--no-memory"], "unblocked / blocked attention time"),
-        ("faceswap.py", ["--quick", "--reps", "1", "--no-memory"], "fixed bf16"),
+        ("faceswap.py", ["--quick", "--reps", "1", "--no-memory"], "fixed compiled"),
         (
             "nlq_ablation.py",
             ["--quick", "--epochs", "1", "--rows", "self", "base"],

@@ -34,6 +34,7 @@ from repsuite.faceswap.stylegan2 import StyleGAN2Config, StyleGAN2Generator, sty
 from repsuite.ops import modulated_conv2d, modulated_weight
 
 __all__ = [
+    "CompiledFixedSource",
     "FaceSwapGenerator",
     "FaceSwapGeneratorConfig",
     "FixedSourceGenerator",
@@ -405,3 +406,35 @@ class FixedSourceGenerator(nn.Module):
         """Target faces (B, 3, S, S) in [-1, 1] -> the source's identity on them, (B, 3, S, S)."""
         self.generator._check_target(target)
         return self.generator._swap(target, list(self.bottleneck), list(self.up), randomize_noise)
+
+    def compiled(self) -> CompiledFixedSource:
+        """This generator through ``torch.compile`` with Inductor's freezing, channels-last.
+
+        With the identity folded in, every weight is fixed for the life of this object, so Inductor may
+        treat them as constants (freezing): it pre-packs them for the convolution library once and fuses
+        the bias, activation and noise arithmetic around the convolutions. Converts this module's (and the
+        shared generator's) 4-D weights to channels-last in place. Measured on a 2-core CPU (fp32, B = 4,
+        benchmarks/faceswap.py): ~1.5x the uncompiled fixed-source path at 256 and 512 px, after about a
+        minute of compiling per source and batch shape. Weights changed later are not seen.
+        """
+        to_channels_last(self)
+        return CompiledFixedSource(self)
+
+
+class CompiledFixedSource:
+    """A :class:`FixedSourceGenerator` run through ``torch.compile`` with freezing (see ``compiled()``)."""
+
+    def __init__(self, fixed: FixedSourceGenerator) -> None:
+        self.fixed = fixed
+        self.generator = fixed.generator
+        self._compiled = torch.compile(fixed)
+
+    def __call__(self, target: Tensor, randomize_noise: bool | None = None) -> Tensor:
+        """Target faces (B, 3, S, S) in [-1, 1] -> swapped faces (B, 3, S, S), channels-last."""
+        import torch._inductor.config as inductor_config
+
+        self.generator._check_target(target)  # a clear error before tracing, not an Inductor one
+        # freezing is read when a graph is compiled: the first call per batch shape
+        with inductor_config.patch(freezing=True):
+            target = target.contiguous(memory_format=torch.channels_last)
+            return self._compiled(target, randomize_noise=randomize_noise)

@@ -20,6 +20,7 @@ from repsuite.faceswap.detection import (
     load_retinaface,
     prior_boxes,
 )
+from repsuite.faceswap.model import CompiledFixedSource
 from repsuite.faceswap.swapper import FaceSwapper, SwapError, face_mask
 from repsuite.faceswap.synthetic import render_face, sample_attributes, sample_identity
 
@@ -126,6 +127,41 @@ def test_bf16_precision_runs_channels_last_close_to_float32(tiny_ckpt, scene):
     assert err.mean() < 0.02 and err.max() < 0.25, (err.mean(), err.max())  # bf16 rounding, not another swap
     with pytest.raises(SwapError, match="precision '16-mixed'"):
         FaceSwapper.from_checkpoint(tiny_ckpt, device="cpu", precision="16-mixed")
+
+
+@pytest.mark.slow  # Inductor compiles the folded generator (~30 s on 2 CPU cores)
+def test_compile_runs_the_folded_generator_compiled_with_the_same_swaps(
+    tiny_ckpt, scene, tmp_path, monkeypatch, capsys
+):
+    pixels, truth = scene
+    exact = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu")
+    fast = FaceSwapper.from_checkpoint(tiny_ckpt, detector=GivenFaces([truth]), device="cpu", compile=True)
+    aligned, _ = exact._align(pixels, truth.landmarks)  # (3, 3, S, S)
+    identity = exact.identity(pixels, face=0)
+    want = exact.swap_aligned(identity, aligned)
+    got = fast.swap_aligned(identity, aligned)
+    runner = fast._fixed[2]
+    assert isinstance(runner, CompiledFixedSource) and runner.fixed is fast._fixed[1]
+    assert fast._fixed[1].generator.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
+    assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float rounding of fused kernels only
+    again = fast.swap_aligned(identity, aligned.flip(-1))  # same source and shape: no second fold
+    assert fast._fixed[2] is runner
+    torch.testing.assert_close(again, exact.swap_aligned(identity, aligned.flip(-1)), rtol=1e-4, atol=1e-4)
+    # the command line: --compile and --precision need the photo/video mode, said in words
+    args = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", "a.png", "--target", "b.png", "-o", "c.png"]
+    assert main([*args, "--compile"]) == 2
+    assert "--compile apply with --detector" in capsys.readouterr().err
+    photo, out = tmp_path / "group.png", tmp_path / "swapped.png"
+    Image.fromarray(pixels.permute(1, 2, 0).numpy()).save(photo)
+    monkeypatch.setattr("repsuite.faceswap.swapper.load_retinaface", lambda path: GivenFaces([truth]))
+    (tmp_path / "det.pth").write_bytes(b"")
+    cli = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", str(photo), "--target", str(photo)]
+    cli += ["--detector", str(tmp_path / "det.pth"), "--compile", "--faces", "0"]
+    assert main([*cli, "-o", str(out)]) == 0
+    assert "1 face(s)" in capsys.readouterr().out
+    with Image.open(out) as im:
+        assert im.size == (250, 140)
 
 
 def test_provenance_in_png_and_jpeg_and_atomic_writes(tiny_ckpt, scene, tmp_path):
