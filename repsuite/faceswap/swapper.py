@@ -206,7 +206,10 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
             for the convolution library) and channels-last tensors. For many targets of one source (a
             video, a folder): each new source and each new batch shape compiles first (about a minute
             on a 2-core CPU); after that a 256 / 512 px face runs ~1.5x faster than uncompiled float32
-            (benchmarks/faceswap.py). Swaps equal the uncompiled ones up to float rounding.
+            (benchmarks/faceswap.py). Swaps equal the uncompiled ones up to float rounding. Meant for
+            many targets of few sources: torch.compile keeps each source's compiled graph (its frozen
+            weights included) for the life of the process, and once 8 graphs exist (sources × batch
+            shapes; Dynamo's ``recompile_limit``) runs later ones uncompiled.
     """
 
     def __init__(
