@@ -139,14 +139,19 @@ def test_compile_runs_the_folded_generator_compiled_with_the_same_swaps(
     aligned, _ = exact._align(pixels, truth.landmarks)  # (3, 3, S, S)
     identity = exact.identity(pixels, face=0)
     want = exact.swap_aligned(identity, aligned)
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
     got = fast.swap_aligned(identity, aligned)
+    assert counters["stats"]["unique_graphs"] > graphs  # Dynamo captured a graph: not an eager fallback
     runner = fast._fixed[2]
     assert isinstance(runner, CompiledFixedSource) and runner.fixed is fast._fixed[1]
     assert fast._fixed[1].generator.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
     assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float rounding of fused kernels only
+    graphs = counters["stats"]["unique_graphs"]
     again = fast.swap_aligned(identity, aligned.flip(-1))  # same source and shape: no second fold
-    assert fast._fixed[2] is runner
+    assert fast._fixed[2] is runner and counters["stats"]["unique_graphs"] == graphs  # nor a recompile
     torch.testing.assert_close(again, exact.swap_aligned(identity, aligned.flip(-1)), rtol=1e-4, atol=1e-4)
     # the command line: --compile and --precision need the photo/video mode, said in words
     args = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", "a.png", "--target", "b.png", "-o", "c.png"]
