@@ -236,8 +236,8 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
         self.mask = face_mask(self.size).to(self.device)
         # the generator with the last identity folded in (FaceSwapGenerator.fixed_source), reused while the
         # same Identity object is passed: a video or a folder then runs through plain convolutions.
-        # (identity, folded module, what runs it: the module itself or its compiled form)
-        self._fixed: tuple[Identity, Any, Any] | None = None
+        # (identity, the folded generator or its compiled form; both know the generator they fold)
+        self._fixed: tuple[Identity, Any] | None = None
         self.provenance = {"repsuite": __version__, "synthetic": "true", "content": "face swap"}
         if checkpoint:
             self.provenance |= {
@@ -442,12 +442,12 @@ class FaceSwapper(ModelHubMixin, library_name="repsuite", tags=["face-swapping",
             fixed = gen.fixed_source(identity.embedding.to(self.device))
             if self.precision:
                 to_channels_last(fixed)
-            self._fixed = (identity, fixed, fixed.compiled() if self.compile else fixed)
+            self._fixed = (identity, fixed.compiled() if self.compile else fixed)
         faces = faces.to(self.device)
         if self.precision:
             faces = faces.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bool(self.precision)):
-            out = self._fixed[2](faces, randomize_noise=False)
+            out = self._fixed[1](faces, randomize_noise=False)
         return out.float().contiguous().clamp(-1, 1)
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ from repsuite.faceswap.detection import (
     load_retinaface,
     prior_boxes,
 )
-from repsuite.faceswap.model import CompiledFixedSource
+from repsuite.faceswap.model import CompiledFixedSource, FixedSourceGenerator
 from repsuite.faceswap.swapper import FaceSwapper, SwapError, face_mask
 from repsuite.faceswap.synthetic import render_face, sample_attributes, sample_identity
 
@@ -144,14 +144,14 @@ def test_compile_runs_the_folded_generator_compiled_with_the_same_swaps(
     graphs = counters["stats"]["unique_graphs"]
     got = fast.swap_aligned(identity, aligned)
     assert counters["stats"]["unique_graphs"] > graphs  # Dynamo captured a graph: not an eager fallback
-    runner = fast._fixed[2]
-    assert isinstance(runner, CompiledFixedSource) and runner.fixed is fast._fixed[1]
-    assert fast._fixed[1].generator.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
+    runner = fast._fixed[1]
+    assert isinstance(runner, CompiledFixedSource) and isinstance(runner.fixed, FixedSourceGenerator)
+    assert runner.generator.conv_body_first.weight.is_contiguous(memory_format=torch.channels_last)
     assert got.dtype == torch.float32 and got.is_contiguous() and got.shape == want.shape
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float rounding of fused kernels only
     graphs = counters["stats"]["unique_graphs"]
     again = fast.swap_aligned(identity, aligned.flip(-1))  # same source and shape: no second fold
-    assert fast._fixed[2] is runner and counters["stats"]["unique_graphs"] == graphs  # nor a recompile
+    assert fast._fixed[1] is runner and counters["stats"]["unique_graphs"] == graphs  # nor a recompile
     torch.testing.assert_close(again, exact.swap_aligned(identity, aligned.flip(-1)), rtol=1e-4, atol=1e-4)
     # the command line: --compile and --precision need the photo/video mode, said in words
     args = ["faceswap", "swap", "--ckpt", tiny_ckpt, "--source", "a.png", "--target", "b.png", "-o", "c.png"]
