@@ -387,15 +387,20 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
         swap: Tensor,
         id_src: Tensor,
         shape_readings: tuple[Tensor, Tensor] | None = None,
+        real_features: list[Tensor] | None = None,
     ) -> dict[str, Tensor]:
         """Every generator term (weighted), for one batch of swaps.
 
         ``shape_readings``: :meth:`_shape_readings` of the batch when already computed.
+        ``real_features``: the discriminator's feature maps of the batch's targets (for the feature matching)
+        when already computed with the current discriminator weights.
         """
         h = self.hparams
         logits, fake_feats = self.discriminator(swap, return_features=True)
-        with torch.no_grad():
-            _, real_feats = self.discriminator(batch["target"], return_features=True)
+        if real_features is None:
+            with torch.no_grad():
+                _, real_features = self.discriminator(batch["target"], return_features=True)
+        real_feats = [f.detach() for f in real_features]
         terms = {
             "g_adv": h.adv_weight * generator_adversarial_loss(logits),
             "id": self.id_loss(self.embedder(self._identity_view(swap)), id_src),
@@ -446,11 +451,25 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             )
         return self._id_jitter(swap)
 
-    def discriminator_losses(self, batch: dict[str, Any], swap: Tensor, r1: bool) -> dict[str, Tensor]:
-        """Every discriminator term (the swap is detached)."""
-        h = self.hparams
+    def _read_real(self, batch: dict[str, Any], r1: bool) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """The discriminator on the real targets: (targets, logits (B, 1), feature maps), with gradients.
+
+        The targets require grad when ``r1`` (the R1 penalty differentiates the logits by them).
+        """
         real = batch["target"].detach().requires_grad_(r1)
-        real_logits = self.discriminator(real)
+        logits, feats = self.discriminator(real, return_features=True)
+        return real, logits, feats
+
+    def discriminator_losses(
+        self, batch: dict[str, Any], swap: Tensor, r1: bool, real: tuple[Tensor, Tensor] | None = None
+    ) -> dict[str, Tensor]:
+        """Every discriminator term (the swap is detached).
+
+        ``real``: the targets as the discriminator read them (requiring grad when ``r1``) and its logits
+        (B, 1), when already computed with the current weights (:meth:`_read_real`).
+        """
+        h = self.hparams
+        real, real_logits = real or self._read_real(batch, r1)[:2]
         terms = {"d_adv": discriminator_adversarial_loss(real_logits, self.discriminator(swap.detach()))}
         if r1:
             terms["r1"] = 0.5 * h.r1_weight * h.r1_every * r1_penalty(real_logits, real)
@@ -473,14 +492,17 @@ class FaceSwapModule(ExactResumeMixin, LightningModule):
             id_src = self.embedder(batch["source"])
             condition = self.identity_vector(batch["source"], id_src, src_shape)
         swap = self.generator(batch["target"], condition)
+        # The discriminator reads the real targets once: its feature maps serve the generator's feature
+        # matching and its logits the discriminator's loss. Only the generator steps in between, so both
+        # see the same discriminator weights, as two separate passes did (one pass of D fewer per step).
+        real, real_logits, real_feats = self._read_real(batch, r1)
         self._set_d_grad(False)
-        # passed only when there is one, so overrides of the three-argument form keep working without it
-        extra = {} if readings is None else {"shape_readings": readings}
+        extra = {"real_features": real_feats} | ({} if readings is None else {"shape_readings": readings})
         g_terms = self.generator_losses(batch, swap, id_src, **extra)
         loss_g = sum(g_terms.values())
         g_ok = self._guarded_step(opt_g, loss_g, "generator")
         self._set_d_grad(True)
-        d_terms = self.discriminator_losses(batch, swap, r1)
+        d_terms = self.discriminator_losses(batch, swap, r1, real=(real, real_logits))
         loss_d = sum(d_terms.values())
         d_ok = self._guarded_step(opt_d, loss_d, "discriminator")
         self._skipped_in_row = 0 if (g_ok and d_ok) else self._skipped_in_row + 1

@@ -54,8 +54,8 @@ class NaNOnStep(FaceSwapModule):
     nan_steps: tuple[int, ...] = ()
     nan_grad_steps: tuple[int, ...] = ()  # a finite loss (0) whose gradient is NaN: sqrt'(0) · abs'(0)
 
-    def generator_losses(self, batch, swap, id_src):
-        terms = super().generator_losses(batch, swap, id_src)
+    def generator_losses(self, batch, swap, id_src, **kwargs):
+        terms = super().generator_losses(batch, swap, id_src, **kwargs)
         if self.iteration in self.nan_steps:
             terms["id"] = terms["id"] * float("nan")
         if self.iteration in self.nan_grad_steps:
@@ -113,6 +113,33 @@ def test_adv_weight_scales_the_global_and_the_component_adversarial_terms():
     for name in ("g_left_eye", "g_right_eye", "g_mouth"):  # Eq. 3.12's λ_adv scales all of Eq. 3.10
         torch.testing.assert_close(b[name], 1.5 * a[name])
     torch.testing.assert_close(b["recon"], a["recon"])
+
+
+def test_one_discriminator_pass_over_the_targets_serves_both_steps(faces, tmp_path):
+    torch.manual_seed(0)
+    module = FaceSwapModule(**(TINY_KW | {"r1_every": 1}))
+    batch = {
+        "source": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "target": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "same_identity": torch.tensor([True, False]),
+    }
+    swap, id_src = torch.rand(2, 3, 32, 32) * 2 - 1, torch.randn(2, 512)
+    real, real_logits, real_feats = module._read_real(batch, r1=True)
+    shared = module.generator_losses(batch, swap, id_src, real_features=real_feats)
+    separate = module.generator_losses(batch, swap, id_src)
+    for name in separate:
+        torch.testing.assert_close(shared[name], separate[name], rtol=0, atol=0)
+    shared = module.discriminator_losses(batch, swap, r1=True, real=(real, real_logits))
+    separate = module.discriminator_losses(batch, swap, r1=True)
+    assert set(shared) == set(separate) and "r1" in shared
+    for name in separate:
+        torch.testing.assert_close(shared[name], separate[name], rtol=0, atol=0)
+
+    # in training, the discriminator runs three times per step: swaps (G step), targets (shared), swaps (D)
+    calls = []
+    module.discriminator.register_forward_hook(lambda *_: calls.append(1))
+    _fit_module(module, faces, tmp_path, steps=2)
+    assert len(calls) == 2 * 3
 
 
 def test_ema_generator_averages_with_the_configured_decay_and_reads_old_checkpoints():
