@@ -115,10 +115,13 @@ def test_widths_read_at_setup_travel_in_the_checkpoint_not_the_hyperparameters(i
 
 @pytest.mark.slow  # TorchInductor compiles each graph on first use: minutes on a 2-core CPU
 def test_compile_switch_trains_the_compiled_network_with_plain_checkpoint_keys(in_tmp):
-    """``--model.compile=true``: the forward runs through TorchInductor, equal to the eager forward."""
+    """``--model.compile=true``: the forward runs through TorchInductor, equal to the eager forward.
+
+    One training batch: a second one of another length would recompile with dynamic shapes (minutes).
+    """
     cli = run_cli(
         ["fit", "--config", DEMO, *FAST, "--model.compile=true", "--trainer.max_epochs=1",
-         "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--model.scales=[3]"]
+         "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1", "--model.scales=[3]"]
     )  # fmt: skip
     net = cli.model.model
     assert net._compiled_call_impl is not None  # nn.Module.compile() in place
