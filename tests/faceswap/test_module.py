@@ -135,11 +135,21 @@ def test_one_discriminator_pass_over_the_targets_serves_both_steps(faces, tmp_pa
     for name in separate:
         torch.testing.assert_close(shared[name], separate[name], rtol=0, atol=0)
 
-    # in training, the discriminator runs three times per step: swaps (G step), targets (shared), swaps (D)
-    calls = []
-    module.discriminator.register_forward_hook(lambda *_: calls.append(1))
-    _fit_module(module, faces, tmp_path, steps=2)
-    assert len(calls) == 2 * 3
+    # in training, the discriminator runs three times per step: swaps (G step), targets (shared), swaps (D);
+    # with share_real_pass off, four (the targets once per step each). Both train to the same weights.
+    states = []
+    for share, per_step in ((True, 3), (False, 4)):
+        torch.manual_seed(0)
+        module = FaceSwapModule(**(TINY_KW | {"share_real_pass": share}))
+        calls = []
+        module.discriminator.register_forward_hook(lambda *_, calls=calls: calls.append(1))
+        torch.manual_seed(1)
+        _fit_module(module, faces, tmp_path / str(share), steps=2)
+        assert len(calls) == 2 * per_step
+        states.append(module.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key in states[0]:
+        torch.testing.assert_close(states[0][key], states[1][key], rtol=0, atol=0, msg=key)
 
 
 def test_ema_generator_averages_with_the_configured_decay_and_reads_old_checkpoints():
